@@ -1,0 +1,40 @@
+"""Quantum core: circuit specification, entanglement topologies, noise, simulator backends, ``QuantumLayer``."""
+
+from __future__ import annotations
+
+from ._layer import QuantumLayer
+from ._readout import apply_readout
+from ._spec import (
+    DEFAULT_MAX_STATE_BYTES,
+    MAX_QUBITS,
+    MIN_QUBITS,
+    CircuitSpec,
+    Encoding,
+    Entanglement,
+    Measurement,
+    Noise,
+    cnot_pairs,
+    kraus_operators,
+    noise_channels,
+)
+from .backends import BACKENDS, Backend, available_backends, get_backend
+
+__all__ = [
+    "QuantumLayer",
+    "CircuitSpec",
+    "Encoding",
+    "Entanglement",
+    "Noise",
+    "Measurement",
+    "cnot_pairs",
+    "noise_channels",
+    "kraus_operators",
+    "apply_readout",
+    "Backend",
+    "BACKENDS",
+    "get_backend",
+    "available_backends",
+    "MIN_QUBITS",
+    "MAX_QUBITS",
+    "DEFAULT_MAX_STATE_BYTES",
+]

@@ -1,0 +1,97 @@
+"""``QuantumLayer``: the parameterised quantum circuit as a ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._readout import apply_readout
+from ._spec import DEFAULT_MAX_STATE_BYTES, CircuitSpec
+from .backends import get_backend
+
+
+class QuantumLayer(nn.Module):
+    """Angle-encoded, layered, optionally noisy quantum circuit (spec: ``docs/circuits.md``).
+
+    Args:
+        n_qubits: 2..16.
+        depth: number of layers (>= 1).
+        entanglement: CNOT topology per layer: ``none``, ``linear``, ``ring``, ``full``, ``star``, ``brick``.
+        noise: channel after each layer on every qubit: ``none``, ``depolarizing``, ``amplitude_damping``,
+            ``phase_damping``, ``mixed`` (depolarizing 0.4p, amplitude damping 0.3p, phase damping 0.3p).
+        noise_strength: channel probability p in [0, 1].
+        readout_error: symmetric bit-flip probability applied to the measured distribution, in [0, 1].
+        measurement: ``probs`` -> ``[B, 2**n]`` or ``expval`` -> ``[B, n]`` (``<Z_q>``).
+        trainable: add per-qubit RX/RY/RZ with trainable angles (parameter ``weights [depth, n, 3]``) to each
+            layer; when False the layer has no parameters and ``weights`` is None.
+        backend: simulator name (``torch``, ``qulacs``, ``pennylane``).
+        max_state_bytes: per-sample memory budget for the simulated state; a larger circuit is refused.
+        backend_options: extra keyword arguments for the backend.
+
+    ``forward(angles [B, 3n]) -> [B, 2**n] | [B, n]``, differentiable w.r.t. the angles and the weights.
+    """
+
+    def __init__(
+        self,
+        n_qubits: int,
+        depth: int,
+        entanglement: str = "linear",
+        noise: str = "none",
+        noise_strength: float = 0.0,
+        readout_error: float = 0.0,
+        measurement: str = "probs",
+        trainable: bool = True,
+        backend: str = "torch",
+        *,
+        max_state_bytes: int | None = DEFAULT_MAX_STATE_BYTES,
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = CircuitSpec.create(
+            n_qubits=n_qubits,
+            depth=depth,
+            entanglement=entanglement,
+            noise=noise,
+            noise_strength=noise_strength,
+            readout_error=readout_error,
+            measurement=measurement,
+            trainable=trainable,
+            max_state_bytes=max_state_bytes,
+        )
+        self.backend_name = str(backend).lower()
+        self.backend = get_backend(self.backend_name)(self.spec, **(backend_options or {}))
+        if self.spec.trainable:
+            self.weights = nn.Parameter(torch.empty(self.spec.weight_shape))
+            nn.init.uniform_(self.weights, 0.0, 2 * math.pi)
+        else:
+            self.register_parameter("weights", None)
+
+    @property
+    def output_dim(self) -> int:
+        return self.spec.output_dim
+
+    def forward(self, angles: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if angles.ndim != 2 or angles.shape[1] != spec.n_inputs:
+            raise ValueError(
+                f"angles must have shape [B, {spec.n_inputs}] (3 per qubit for n_qubits={spec.n_qubits}), "
+                f"got {tuple(angles.shape)}"
+            )
+        if angles.device.type != "cpu" and not self.backend.supports_cuda:
+            raise ValueError(f"backend={self.backend_name!r} runs on the CPU only; got angles on {angles.device}")
+        weights = self.weights.to(angles.dtype) if self.weights is not None else None
+        out = self.backend.run(angles, weights)
+        if not self.backend.applies_readout:
+            out = apply_readout(out, spec)
+        return out
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (
+            f"n_qubits={s.n_qubits}, depth={s.depth}, entanglement={s.entanglement.value}, noise={s.noise.value}, "
+            f"noise_strength={s.noise_strength}, readout_error={s.readout_error}, "
+            f"measurement={s.measurement.value}, trainable={s.trainable}, backend={self.backend_name}"
+        )

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One entry point for developers and CI: set up the virtual environment (idempotent) and run things.
+#   bash scripts/dev.sh setup   create .venv and install the pinned set (skipped when already current)
+#   bash scripts/dev.sh test    setup, then the whole test suite
+#   bash scripts/dev.sh demo    setup, then the offline demo sweep (real Ray, sqlite MLflow, mnist5k)
+#   bash scripts/dev.sh bench   setup, then the benchmarks in bench/ (write docs/benchmarks.md)
+# Environment: PYTHON (interpreter to build the venv from, default python3), QSHIELD_VENV (default .venv),
+# TORCH_SPEC (default "torch==2.13.0 torchvision==0.28.0"; on a GPU machine PyPI's torch is the CUDA build),
+# PIP_EXTRA (extra pip arguments for the torch install, e.g. "--index-url https://download.pytorch.org/whl/cu128").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${QSHIELD_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
+
+setup() {
+  local stamp="$VENV/.qshield-stamp"
+  local want
+  want=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)-$(echo "$TORCH_SPEC" | sha256sum | cut -c1-8)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  echo "[qshield] setting up $VENV (one-off, a few minutes)" >&2
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  local pip="$VENV/bin/python -m pip"
+  # shellcheck disable=SC2086
+  $pip install -q --disable-pip-version-check $TORCH_SPEC ${PIP_EXTRA:-}
+  $pip install -q --disable-pip-version-check --no-deps -r requirements/lock.txt
+  $pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  "$VENV/bin/python" -c "import torch, torchattacks, qulacs, pennylane, ray, mlflow, optuna, medmnist, mlxtend; print('[qshield] environment ok: torch', torch.__version__)"
+  echo "$want" > "$stamp"
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  test)
+    setup
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  demo)
+    setup
+    exec "$VENV/bin/qshield" demo "$@" ;;
+  bench)
+    setup
+    for f in bench/*.py; do echo "== $f"; "$VENV/bin/python" "$f" "$@"; done ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
+esac
