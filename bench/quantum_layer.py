@@ -1,0 +1,165 @@
+"""Benchmark: QuantumLayer forward+backward time per sample, our torch backend against its peers, in one run.
+
+Shapes (issue "Foundation and the quantum core"):
+  * noisy:  4 qubits, depth 1, full entanglement, mixed noise p=0.005, batch 128
+            torch (density matrix)  vs  PennyLane default.mixed  vs  Qulacs DensityMatrix
+  * clean: 10 qubits, depth 4, ring entanglement, noiseless, batch 256
+            torch (statevector)     vs  PennyLane default.qubit  vs  Qulacs statevector
+
+Every backend runs the same QuantumLayer (same spec, same weights) and its outputs are checked to agree before
+timing. Time = median over repeats of one forward + backward (loss = sum of outputs), divided by the batch size.
+Writes the table to docs/benchmarks.md (section between markers) unless --no-write.
+
+    python bench/quantum_layer.py [--repeats 5] [--device cuda] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qshield.quantum import QuantumLayer, available_backends
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+CASES = [
+    dict(label="4q depth1 full mixed p=0.005, B=128", batch=128, peer="pennylane", peer_name="PennyLane default.mixed",
+         target=30.0, layer=dict(n_qubits=4, depth=1, entanglement="full", noise="mixed", noise_strength=0.005)),
+    dict(label="10q depth4 ring noiseless, B=256", batch=256, peer="pennylane", peer_name="PennyLane default.qubit",
+         target=10.0, layer=dict(n_qubits=10, depth=4, entanglement="ring", noise="none")),
+]
+
+
+def time_step(layer: QuantumLayer, x: torch.Tensor, repeats: int, device: str) -> float:
+    """Median seconds of one forward+backward over ``repeats`` runs (after one warm-up)."""
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        xi = x.detach().requires_grad_(True)
+        layer(xi).sum().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(repeats: int, device: str, peer_repeats: int) -> list[dict]:
+    rows = []
+    backends = available_backends()
+    for case in CASES:
+        g = torch.Generator().manual_seed(0)
+        n = case["layer"]["n_qubits"]
+        x = (torch.rand(case["batch"], 3 * n, generator=g) * 6.28).float()
+        ref = QuantumLayer(**case["layer"], backend="torch")
+        results = {}
+        outputs = {}
+        for backend in ["torch", "pennylane", "qulacs"]:
+            if backend not in backends:
+                continue
+            layer = QuantumLayer(**case["layer"], backend=backend)
+            layer.load_state_dict(ref.state_dict())
+            dev = device if backend == "torch" else "cpu"
+            layer = layer.to(dev)
+            xb = x.to(dev)
+            reps = repeats if backend == "torch" else peer_repeats
+            with torch.no_grad():
+                outputs[backend] = layer(xb).cpu()
+            results[backend] = time_step(layer, xb, reps, dev) / case["batch"]
+        for backend, out in outputs.items():
+            err = (out - outputs["torch"]).abs().max().item()
+            if err > 1e-4:
+                raise RuntimeError(f"{backend} disagrees with torch by {err:.2e} on {case['label']}")
+        rows.append(dict(case=case, per_sample=results))
+        print(f"{case['label']}: " + ", ".join(f"{b} {t * 1e6:.1f} us/sample" for b, t in results.items()), flush=True)
+    return rows
+
+
+def render(rows: list[dict], device: str) -> str:
+    import pennylane
+    import qulacs
+
+    lines = [
+        f"Measured by `python bench/quantum_layer.py` on {platform.machine()} with {torch.get_num_threads()} torch "
+        f"threads ({_cpu_name()}), device `{device}` for our torch backend; peers on CPU. "
+        f"Python {platform.python_version()}, torch {torch.__version__}, PennyLane {pennylane.__version__}, "
+        f"Qulacs {qulacs.__version__}. Forward+backward (loss = sum of outputs), median, per sample, float32 input.",
+        "",
+        "| shape | ours (torch) | PennyLane | Qulacs | speed-up vs PennyLane | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row["per_sample"]
+        case = row["case"]
+        ours = r["torch"]
+        pl = r.get("pennylane")
+        ql = r.get("qulacs")
+        ratio = pl / ours if pl else float("nan")
+        lines.append(
+            f"| {case['label']} | {ours * 1e6:.1f} µs | {_us(pl)} ({case['peer_name']}) | {_us(ql)} | "
+            f"{ratio:.1f}x | ≥{case['target']:.0f}x | {'yes' if ratio >= case['target'] else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def _us(t: float | None) -> str:
+    return "n/a" if t is None else f"{t * 1e6:.1f} µs"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_section(text: str, section_key: str) -> None:
+    """Replace the marked section ``section_key`` in docs/benchmarks.md (creating the file if needed)."""
+    begin, end = f"<!-- bench:{section_key}:begin -->", f"<!-- bench:{section_key}:end -->"
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        head, rest = doc.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        doc = head + block + tail
+    else:
+        doc = doc.rstrip() + f"\n\n{block}\n"
+    DOC.write_text(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats for our backend (default 20)")
+    parser.add_argument("--peer-repeats", type=int, default=5, help="timed repeats for the peers (default 5)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for our torch backend")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    rows = run(args.repeats, args.device, args.peer_repeats)
+    text = render(rows, args.device)
+    print(text)
+    if not args.no_write:
+        key = "quantum_layer" if args.device == "cpu" else f"quantum_layer_{args.device}"
+        write_section(text, key)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
