@@ -14,6 +14,11 @@ VENV=${QSHIELD_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
 
+# pip, quiet; drops the harmless "Location ... is ignored" notes some machines' pip config produces
+pipq() {
+  "$VENV/bin/python" -m pip "$1" -q --disable-pip-version-check "${@:2}" 2> >(grep -v '^WARNING: Location' >&2)
+}
+
 setup() {
   local stamp="$VENV/.qshield-stamp"
   local want
@@ -23,11 +28,10 @@ setup() {
   fi
   echo "[qshield] setting up $VENV (one-off, a few minutes)" >&2
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  local pip="$VENV/bin/python -m pip"
   # shellcheck disable=SC2086
-  $pip install -q --disable-pip-version-check $TORCH_SPEC ${PIP_EXTRA:-}
-  $pip install -q --disable-pip-version-check --no-deps -r requirements/lock.txt
-  $pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  pipq install $TORCH_SPEC ${PIP_EXTRA:-}
+  pipq install --no-deps -r requirements/lock.txt
+  pipq install --no-deps --no-build-isolation -e .
   "$VENV/bin/python" -c "import torch, torchattacks, qulacs, pennylane, ray, mlflow, optuna, medmnist, mlxtend; print('[qshield] environment ok: torch', torch.__version__)"
   echo "$want" > "$stamp"
 }
