@@ -76,3 +76,8 @@ def test_backend_lookup_lists_names():
     with pytest.raises(ValueError, match="allowed values"):
         get_backend("nope")
     assert get_backend("torch").name == "torch"
+
+
+def test_empty_batch_is_refused():
+    with pytest.raises(ValueError, match=r"empty batch"):
+        QuantumLayer(2, 1)(torch.zeros(0, 6))

@@ -80,6 +80,8 @@ class QuantumLayer(nn.Module):
                 f"angles must have shape [B, {spec.n_inputs}] (3 per qubit for n_qubits={spec.n_qubits}), "
                 f"got {tuple(angles.shape)}"
             )
+        if angles.shape[0] == 0:
+            raise ValueError("angles is an empty batch (B=0); pass at least one sample")
         if angles.device.type != "cpu" and not self.backend.supports_cuda:
             raise ValueError(f"backend={self.backend_name!r} runs on the CPU only; got angles on {angles.device}")
         weights = self.weights.to(angles.dtype) if self.weights is not None else None
