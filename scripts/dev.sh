@@ -5,14 +5,18 @@
 #   bash scripts/dev.sh demo    setup, then the offline demo sweep (real Ray, sqlite MLflow, mnist5k)
 #   bash scripts/dev.sh bench   setup, then the benchmarks in bench/ (write docs/benchmarks.md)
 # Environment: PYTHON (interpreter to build the venv from, default python3), QSHIELD_VENV (default .venv),
-# TORCH_SPEC (default "torch==2.13.0 torchvision==0.28.0"; on a GPU machine PyPI's torch is the CUDA build),
+# TORCH_SPEC (default "torch==2.13.0", plus torchvision==0.28.0 where nvidia-smi exists; PyPI's torch is the CUDA build),
 # PIP_EXTRA (extra pip arguments for the torch install, e.g. "--index-url https://download.pytorch.org/whl/cu128").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${QSHIELD_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
-TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
+# torchvision 0.28.0 on PyPI is built against CUDA torch: next to a CPU torch its import fails, so it is only
+# installed where a GPU driver is present (qshield never needs it: own dataset readers, own ResNet-18 fallback).
+if [ -z "${TORCH_SPEC:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1; then TORCH_SPEC="torch==2.13.0 torchvision==0.28.0"; else TORCH_SPEC="torch==2.13.0"; fi
+fi
 
 # pip, quiet; drops the harmless "Location ... is ignored" notes some machines' pip config produces
 pipq() {
