@@ -1,0 +1,37 @@
+"""Adversarial attacks with the QShield reference's hyper-parameters, on torchattacks 3.5.1.
+
+Eight presets, looked up by name in :data:`ATTACKS`: ``fgsm``, ``pgd``, ``apgd``, ``vmifgsm`` (Linf, white
+box), ``cw``, ``deepfool`` (L2, white box, unbounded), ``onepixel`` (L0, black box), ``square`` (Linf, black
+box). :func:`build_attack` returns a ready ``torchattacks.Attack``; ε comes from the call, an
+:class:`AttackConfig`, or the dataset (:data:`DEFAULT_EPS`), and is never guessed. :class:`QueryCounter`
+counts what an attack asks of the model; :class:`EOTWrapper` averages a stochastic model over passes.
+See ``docs/attacks.md``.
+"""
+
+from __future__ import annotations
+
+from ._build import build_attack, make_attack
+from ._config import AttackConfig
+from ._cost import AdversaryCost, QueryCounter
+from ._eot import EOTWrapper
+from ._preset import EOT_PARAM, AttackPreset, EotMode, Norm, Param
+from ._registry import ATTACKS, DEFAULT_EPS, available_attacks, get_preset, resolve_eps
+
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_EPS",
+    "EOT_PARAM",
+    "AdversaryCost",
+    "AttackConfig",
+    "AttackPreset",
+    "EOTWrapper",
+    "EotMode",
+    "Norm",
+    "Param",
+    "QueryCounter",
+    "available_attacks",
+    "build_attack",
+    "get_preset",
+    "make_attack",
+    "resolve_eps",
+]

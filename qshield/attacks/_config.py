@@ -1,0 +1,75 @@
+"""``AttackConfig``: one attack with its ε and hyper-parameter overrides, validated on construction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._preset import AttackPreset
+from ._registry import check_dataset, check_eps, get_preset, resolve_eps
+
+__all__ = ["AttackConfig"]
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A named attack, its ε and its overrides of the preset's defaults.
+
+    Attributes:
+        name: a key of :data:`~qshield.attacks.ATTACKS` (stored lower case).
+        eps: Linf budget on the [0, 1] pixel scale, or None (then the dataset's default is used when the
+            attack is built; attacks without ε ignore it).
+        params: overrides of the preset's parameters (only keys the preset accepts); values are converted to
+            the parameter's type.
+
+    Construction fails with ``ValueError`` on an unknown name (listing the names), an ε outside [0, 1], or an
+    unknown / invalid parameter (listing the accepted keys and values); nothing is computed before that.
+    """
+
+    name: str
+    eps: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        preset = get_preset(self.name)
+        if not isinstance(self.params, Mapping):
+            raise ValueError(f"params={self.params!r} is invalid; allowed values: a mapping of parameter names")
+        object.__setattr__(self, "name", preset.name)
+        object.__setattr__(self, "eps", check_eps(self.eps))
+        object.__setattr__(self, "params", preset.validate_params(dict(self.params)))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.eps, tuple(sorted(self.params.items()))))
+
+    @property
+    def preset(self) -> AttackPreset:
+        """The registered preset of :attr:`name`."""
+        return get_preset(self.name)
+
+    def resolve(self, dataset: str | None = None) -> AttackConfig:
+        """A copy with ε fixed and every parameter filled in (preset defaults, dataset defaults, overrides).
+
+        ``eps`` becomes the explicit value or the dataset's default for attacks with an ε budget (``ValueError``
+        when neither is known) and None for attacks without one.
+        """
+        preset = self.preset
+        dataset = check_dataset(dataset)
+        params = preset.defaults(dataset)
+        params.update(self.params)
+        return AttackConfig(self.name, resolve_eps(preset, self.eps, dataset), params)
+
+    def with_overrides(self, eps: float | None = None, **params: Any) -> AttackConfig:
+        """A copy with ``eps`` (when given) and ``params`` replacing this config's values."""
+        merged = dict(self.params)
+        merged.update(params)
+        return AttackConfig(self.name, self.eps if eps is None else eps, merged)
+
+    @property
+    def label(self) -> str:
+        """Short text for tables, e.g. ``pgd(eps=0.0314)`` or ``cw``."""
+        return self.name if self.eps is None else f"{self.name}(eps={self.eps:.4g})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain ``{"name", "eps", "params"}`` (for logging to MLflow / YAML)."""
+        return {"name": self.name, "eps": self.eps, "params": dict(self.params)}

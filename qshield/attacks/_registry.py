@@ -1,0 +1,107 @@
+"""Attack presets looked up by name, and the per-dataset ε table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from ._apgd import APGD_PRESET
+from ._cw import CW_PRESET
+from ._deepfool import DEEPFOOL_PRESET
+from ._fgsm import FGSM_PRESET
+from ._onepixel import ONEPIXEL_PRESET
+from ._pgd import PGD_PRESET
+from ._preset import AttackPreset
+from ._square import SQUARE_PRESET
+from ._vmifgsm import VMIFGSM_PRESET
+
+__all__ = ["ATTACKS", "DEFAULT_EPS", "available_attacks", "check_dataset", "check_eps", "get_preset", "resolve_eps"]
+
+#: name -> preset, in the order of the QShield paper's tables.
+ATTACKS: Mapping[str, AttackPreset] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            FGSM_PRESET,
+            PGD_PRESET,
+            APGD_PRESET,
+            VMIFGSM_PRESET,
+            CW_PRESET,
+            DEEPFOOL_PRESET,
+            ONEPIXEL_PRESET,
+            SQUARE_PRESET,
+        )
+    }
+)
+
+#: Linf budget per dataset on the [0, 1] pixel scale (QShield reference docs: MNIST 32/255,
+#: OrganAMNIST 8/255, CIFAR-10 2/255; MNIST-like sets take MNIST's value, CINIC-10 CIFAR-10's).
+DEFAULT_EPS: Mapping[str, float] = MappingProxyType(
+    {
+        "mnist": 32 / 255,
+        "mnist5k": 32 / 255,
+        "digits": 32 / 255,
+        "organamnist": 8 / 255,
+        "cifar10": 2 / 255,
+        "cinic10": 2 / 255,
+    }
+)
+
+
+def available_attacks() -> tuple[str, ...]:
+    """The registered attack names."""
+    return tuple(ATTACKS)
+
+
+def get_preset(name: str) -> AttackPreset:
+    """The preset registered as ``name`` (case-insensitive); ``ValueError`` listing the names on a miss."""
+    key = str(name).strip().lower() if isinstance(name, str) else None
+    if key not in ATTACKS:
+        raise ValueError(f"attack={name!r} does not exist; allowed values: {', '.join(map(repr, ATTACKS))}")
+    return ATTACKS[key]
+
+
+def check_eps(eps: object) -> float | None:
+    """``None`` or a finite number in [0, 1] (the [0, 1] pixel scale); ``ValueError`` otherwise."""
+    if eps is None:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ValueError(f"eps={eps!r} is invalid; allowed values: a number in [0, 1] (images are in [0, 1])")
+    value = float(eps)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"eps={eps!r} is out of range; allowed values: a number in [0, 1] (images are in [0, 1])")
+    return value
+
+
+def check_dataset(dataset: object) -> str | None:
+    """``None`` or a dataset name of :data:`DEFAULT_EPS` (case-insensitive); ``ValueError`` listing them."""
+    if dataset is None:
+        return None
+    key = str(dataset).strip().lower() if isinstance(dataset, str) else None
+    if key not in DEFAULT_EPS:
+        raise ValueError(
+            f"dataset={dataset!r} has no default ε; allowed values: {', '.join(map(repr, DEFAULT_EPS))} "
+            "(or pass eps= explicitly)"
+        )
+    return key
+
+
+def resolve_eps(preset: AttackPreset, eps: float | None, dataset: str | None) -> float | None:
+    """The ε the attack runs with: explicit ``eps``, else the dataset's default; None for attacks without ε.
+
+    Like RobustBench, never guesses: an ε attack with neither ``eps`` nor a known ``dataset`` is a
+    ``ValueError``.
+    """
+    eps = check_eps(eps)
+    dataset = check_dataset(dataset)
+    if not preset.uses_eps:
+        return None
+    if eps is not None:
+        return eps
+    if dataset is not None:
+        return DEFAULT_EPS[dataset]
+    raise ValueError(
+        f"attack={preset.name!r} needs eps: got eps=None and dataset=None; pass eps= (a number in [0, 1]) or "
+        f"dataset= (one of {', '.join(map(repr, DEFAULT_EPS))}); qshield does not guess the threat model"
+    )
