@@ -1,0 +1,563 @@
+"""The validated sweep description: :class:`SweepSpace` and its parts (pydantic v2, frozen, ``extra="forbid"``).
+
+Every model rejects unknown keys with the list of allowed keys, every choice is an enum, every number has a
+range. Errors carry the key path so :func:`orchestrator.space.load_space` can report
+``parameters.entanglement.choice[1]`` together with the value and what is allowed. The schema is documented in
+``docs/search-spaces.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from qshield.attacks import ATTACKS
+from qshield.attacks import DEFAULT_EPS as _ATTACK_DEFAULT_EPS
+from qshield.quantum import CircuitSpec, Noise
+
+from ._space_domains import (
+    PARAMETERS,
+    Arch,
+    Domain,
+    Fixed,
+    _StrChoice,
+    domain_max,
+    domain_values,
+    fail,
+    parse_domain,
+    parse_number,
+)
+from .scoring import Direction
+
+__all__ = [
+    "Dataset",
+    "AttackName",
+    "Objective",
+    "SearchAlgorithm",
+    "SchedulerName",
+    "DEFAULT_EPS",
+    "EPS_ATTACKS",
+    "VAL_METRIC",
+    "Parameters",
+    "AttackSettings",
+    "AttacksConfig",
+    "Constraints",
+    "Resources",
+    "SearchConfig",
+    "EarlyStopping",
+    "SweepSpace",
+]
+
+
+class Dataset(_StrChoice):
+    """Datasets a sweep can use (the names of ``qshield.data``'s registry; the one list in the orchestrator)."""
+
+    MNIST = "mnist"
+    CIFAR10 = "cifar10"
+    ORGANAMNIST = "organamnist"
+    CINIC10 = "cinic10"
+    MNIST5K = "mnist5k"
+    DIGITS = "digits"
+
+
+class AttackName(_StrChoice):
+    """Attacks evaluated after training (``qshield.attacks``; settings in the paper's table)."""
+
+    FGSM = "fgsm"
+    PGD = "pgd"
+    APGD = "apgd"
+    VMIFGSM = "vmifgsm"
+    CW = "cw"
+    DEEPFOOL = "deepfool"
+    ONEPIXEL = "onepixel"
+    SQUARE = "square"
+
+
+class Objective(_StrChoice):
+    """Metrics a trial reports at its end (the keys of its final Tune result).
+
+    * ``accuracy``: clean test accuracy (the paper's ODR), a fraction in [0, 1].
+    * ``asr``: attack success rate averaged over the evaluated attacks, in [0, 1]; only correctly classified test
+      images are attacked (paper's definition).
+    * ``robust_accuracy``: accuracy under attack averaged over the attacks, in [0, 1].
+    * ``adversary_cost``: model queries (forward + backward calls) per attacked example, averaged over the
+      attacks, >= 0 — counted, not estimated.
+    """
+
+    ACCURACY = "accuracy"
+    ASR = "asr"
+    ROBUST_ACCURACY = "robust_accuracy"
+    ADVERSARY_COST = "adversary_cost"
+
+
+class SearchAlgorithm(_StrChoice):
+    """Optuna sampler behind Ray Tune's ``OptunaSearch``: multi-objective TPE or NSGA-II."""
+
+    TPE = "tpe"
+    NSGA2 = "nsga2"
+
+
+class SchedulerName(_StrChoice):
+    """Trial scheduler for early stopping."""
+
+    ASHA = "asha"
+
+
+#: Default ε per dataset (L∞, images in [0, 1]) — ``qshield.attacks.DEFAULT_EPS``, the QShield reference's
+#: documented values: MNIST 32/255, OrganAMNIST 8/255, CIFAR-10 2/255 (mnist5k/digits as MNIST, CINIC-10 as
+#: CIFAR-10). Keyed by dataset name.
+DEFAULT_EPS: Mapping[str, float] = _ATTACK_DEFAULT_EPS
+
+#: Attacks with an L∞ ε budget (the presets with ``uses_eps``; C&W-L2, DeepFool and OnePixel have none).
+EPS_ATTACKS: frozenset[AttackName] = frozenset(AttackName(n) for n, p in ATTACKS.items() if p.uses_eps)
+
+#: Metric the trainable reports after every epoch when early stopping is on (validation accuracy, in [0, 1]).
+VAL_METRIC = "val_accuracy"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# base model and field types
+
+
+class _Strict(BaseModel):
+    """Frozen, no unknown keys; a miss lists the allowed keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        allowed = ", ".join(cls.model_fields)
+        if isinstance(data, BaseModel):
+            return data
+        if not isinstance(data, Mapping):
+            fail(f"expected a mapping with keys from: {allowed}", data)
+        for key in data:
+            if key not in cls.model_fields:
+                fail(f"unknown key {key!r}; allowed keys: {allowed}", key, (str(key),))
+        return data
+
+
+def _eps_at(value: Any, subpath: tuple[str | int, ...] = ()) -> float:
+    """ε as a float in [0, 1]; accepts fractions such as ``"8/255"``."""
+    number = parse_number(value)
+    if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        fail("eps must be a number in [0, 1] (L∞ bound on images in [0, 1], e.g. 8/255)", value, subpath)
+    return number
+
+
+def _eps(value: Any) -> Any:
+    return _eps_at(value)
+
+
+Eps = Annotated[float, BeforeValidator(_eps)]
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parameters
+
+
+def _default(name: str) -> Fixed:
+    return Fixed(PARAMETERS[name].default)
+
+
+class Parameters(_Strict):
+    """The hyper-parameters of a trial, each fixed or searched (rules in ``_space_domains.PARAMETERS``).
+
+    Quantum and fusion parameters only matter for ``arch: hybrid``; ``backbone`` only for the hybrid model;
+    ``w_q`` only for ``fusion: fixed`` (w_c = 1 − w_q).
+    """
+
+    arch: Domain = _default("arch")
+    backbone: Domain = _default("backbone")
+    n_qubits: Domain = _default("n_qubits")
+    depth: Domain = _default("depth")
+    entanglement: Domain = _default("entanglement")
+    noise: Domain = _default("noise")
+    noise_strength: Domain = _default("noise_strength")
+    readout_error: Domain = _default("readout_error")
+    measurement: Domain = _default("measurement")
+    fusion: Domain = _default("fusion")
+    w_q: Domain = _default("w_q")
+    backend: Domain = _default("backend")
+    lr: Domain = _default("lr")
+    weight_decay: Domain = _default("weight_decay")
+    epochs: Domain = _default("epochs")
+    batch_size: Domain = _default("batch_size")
+    method: Domain = _default("method")
+
+    @field_validator("*", mode="plain")
+    @classmethod
+    def _parse(cls, value: Any, info: ValidationInfo) -> Domain:
+        assert info.field_name is not None
+        return parse_domain(info.field_name, value)
+
+    def domains(self) -> dict[str, Domain]:
+        """``{name: domain}`` for every parameter, in table order."""
+        return {name: getattr(self, name) for name in PARAMETERS}
+
+    def searched(self) -> list[str]:
+        """Names of the searched (non-fixed) parameters."""
+        return [name for name, d in self.domains().items() if d.searched]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form: scalars for fixed parameters, ``{form: ...}`` for searched ones."""
+        return {name: d.to_yaml() for name, d in self.domains().items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# attacks
+
+# Per-attack overrides are checked against qshield.attacks' presets (the one list of what each attack accepts:
+# ``ATTACKS[name].params``, torchattacks' argument names, plus ``eps`` for the L∞ attacks).
+
+
+def _attack_params(name: str, value: Any) -> dict[str, Any] | None:
+    """Validate the overrides of attack ``name`` against its preset; fractions like ``"2/255"`` are accepted."""
+    if value is None:
+        return None
+    preset = ATTACKS[name]
+    allowed = (("eps",) if preset.uses_eps else ()) + preset.param_names
+    if not isinstance(value, Mapping):
+        fail(f"settings of {name} must be a mapping with keys from: {', '.join(allowed)}", value)
+    out: dict[str, Any] = {}
+    for key, raw in value.items():
+        if key not in allowed:
+            fail(f"unknown key {key!r} for {name}; allowed keys: {', '.join(allowed)}", key, (str(key),))
+        if key == "eps":
+            out[key] = _eps_at(raw, (key,))
+            continue
+        param = preset.param(key)
+        converted = raw
+        if param.kind is float and isinstance(raw, str) and (number := parse_number(raw)) is not None:
+            converted = number
+        try:
+            out[key] = param.validate(name, converted)
+        except ValueError as exc:
+            fail(str(exc), raw, (key,))
+    return out
+
+
+class AttackSettings(_Strict):
+    """Per-attack overrides, keyed by attack name; an attack left out runs with its preset (the reference's
+    settings, ``docs/attacks.md``). Keys per attack: ``qshield.attacks.ATTACKS[name].param_names`` (e.g. pgd:
+    alpha, steps, random_start, eot_iter) and ``eps`` for the L∞ attacks (fgsm, pgd, apgd, vmifgsm, square)."""
+
+    fgsm: dict[str, Any] | None = None
+    pgd: dict[str, Any] | None = None
+    apgd: dict[str, Any] | None = None
+    vmifgsm: dict[str, Any] | None = None
+    cw: dict[str, Any] | None = None
+    deepfool: dict[str, Any] | None = None
+    onepixel: dict[str, Any] | None = None
+    square: dict[str, Any] | None = None
+
+    @field_validator("*", mode="plain")
+    @classmethod
+    def _check(cls, value: Any, info: ValidationInfo) -> dict[str, Any] | None:
+        assert info.field_name is not None
+        return _attack_params(info.field_name, value)
+
+    def given(self) -> dict[AttackName, dict[str, Any]]:
+        """``{attack: overrides}`` for the attacks that have an entry."""
+        return {AttackName(k): v for k in type(self).model_fields if (v := getattr(self, k)) is not None}
+
+
+class AttacksConfig(_Strict):
+    """What the trial evaluates after training.
+
+    Attributes:
+        names: attacks to run (default: the paper's eight).
+        eps: global L∞ ε for the ε-bounded attacks; None → :data:`DEFAULT_EPS` of the dataset.
+        n_eval: test examples evaluated (the first ``n_eval`` of the test split; only the correctly
+            classified ones are attacked).
+        batch_size: evaluation batch size.
+        diagnostics: run the gradient-masking checks (``qshield.evaluation``).
+        settings: per-attack overrides (:class:`AttackSettings`).
+    """
+
+    names: tuple[AttackName, ...] = tuple(AttackName)
+    eps: Eps | None = None
+    n_eval: PosInt = 256
+    batch_size: PosInt = 128
+    diagnostics: StrictBool = True
+    settings: AttackSettings = AttackSettings()
+
+    @field_validator("names", mode="after")
+    @classmethod
+    def _names(cls, names: tuple[AttackName, ...]) -> tuple[AttackName, ...]:
+        if not names:
+            fail(f"names needs at least one attack; allowed values: {_values(AttackName)}", list(names))
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                fail("duplicate attack (each attack once)", name.value, (i,))
+        return names
+
+    @model_validator(mode="after")
+    def _settings_for_evaluated(self) -> AttacksConfig:
+        for name in self.settings.given():
+            if name not in self.names:
+                fail(
+                    f"settings given for an attack that is not evaluated; evaluated: {_values(self.names)}",
+                    name.value,
+                    ("settings", name.value),
+                )
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------
+# objectives, constraints, resources, search, early stopping
+
+_DEFAULT_OBJECTIVES = {
+    Objective.ACCURACY: Direction.MAX,
+    Objective.ASR: Direction.MIN,
+    Objective.ADVERSARY_COST: Direction.MAX,
+}
+
+_Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Constraints(_Strict):
+    """Feasibility bounds on trial metrics, used when selecting a champion (``orchestrator.scoring``).
+
+    ``min_<metric>``: the metric must be >= the bound; ``max_<metric>``: <= the bound. Fractions in [0, 1] for
+    accuracy/asr/robust_accuracy; queries per example for adversary_cost.
+    """
+
+    min_accuracy: _Fraction | None = None
+    max_accuracy: _Fraction | None = None
+    min_asr: _Fraction | None = None
+    max_asr: _Fraction | None = None
+    min_robust_accuracy: _Fraction | None = None
+    max_robust_accuracy: _Fraction | None = None
+    min_adversary_cost: Annotated[float, Field(ge=0.0)] | None = None
+    max_adversary_cost: Annotated[float, Field(ge=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _not_inverted(self) -> Constraints:
+        for metric in Objective:
+            lo, hi = getattr(self, f"min_{metric.value}"), getattr(self, f"max_{metric.value}")
+            if lo is not None and hi is not None and lo > hi:
+                fail(f"empty range: min_{metric.value}={lo} > max_{metric.value}={hi}", hi, (f"max_{metric.value}",))
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        """The bounds that are set, as ``{"min_accuracy": 0.9, ...}`` (the form ``scoring`` takes)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Resources(_Strict):
+    """Resources per trial (Ray placement): CPUs > 0; GPUs >= 0, fractional below 1 (trials share a GPU)."""
+
+    cpus: Annotated[float, Field(gt=0.0)] = 1.0
+    gpus: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @field_validator("gpus", mode="after")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        if gpus > 1 and not float(gpus).is_integer():
+            fail("gpus above 1 must be a whole number (Ray shares a GPU only in fractions below 1)", gpus)
+        return gpus
+
+    def to_tune(self) -> dict[str, float]:
+        """The form ``tune.with_resources`` takes: ``{"cpu": cpus, "gpu": gpus}``."""
+        return {"cpu": self.cpus, "gpu": self.gpus}
+
+
+class SearchConfig(_Strict):
+    """The Optuna sampler: ``tpe`` (``TPESampler``, option ``n_startup_trials``) or ``nsga2``
+    (``NSGAIISampler``, option ``population_size``); both seeded with the sweep's ``seed``."""
+
+    algorithm: SearchAlgorithm = SearchAlgorithm.TPE
+    n_startup_trials: NonNegInt | None = None
+    population_size: Annotated[int, Field(strict=True, ge=2)] | None = None
+
+    @model_validator(mode="after")
+    def _options_match(self) -> SearchConfig:
+        if self.algorithm is SearchAlgorithm.TPE and self.population_size is not None:
+            fail(
+                "population_size is an nsga2 option; for tpe use n_startup_trials",
+                self.population_size,
+                ("population_size",),
+            )
+        if self.algorithm is SearchAlgorithm.NSGA2 and self.n_startup_trials is not None:
+            fail(
+                "n_startup_trials is a tpe option; for nsga2 use population_size",
+                self.n_startup_trials,
+                ("n_startup_trials",),
+            )
+        return self
+
+
+class EarlyStopping(_Strict):
+    """ASHA on :data:`VAL_METRIC` (validation accuracy, maximised) during training only.
+
+    ``time_attr`` is Tune's ``training_iteration`` (one report per epoch); ``max_t`` is the largest number of
+    epochs the space allows; a trial stopped early is never attacked.
+    """
+
+    scheduler: SchedulerName = SchedulerName.ASHA
+    grace_period: PosInt = 1
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 2.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the sweep
+
+
+class SweepSpace(_Strict):
+    """A multi-objective sweep: data, parameters, attacks, objectives and how Ray Tune runs it.
+
+    Data: ``dataset`` from ``qshield.data`` read under ``data_root`` (None: ``$QSHIELD_DATA``, else ``./data``),
+    optionally subsampled to ``limit_train``/``limit_test`` images (seeded, stratified) and class-balanced by
+    subsampling every class to the smallest (``balance``, as the paper does). ``seed`` seeds the Optuna sampler
+    and the trials' training.
+
+    Load with :func:`orchestrator.space.load_space`; convert with :func:`orchestrator.space.to_tune_param_space`
+    and :func:`orchestrator.space.make_search_alg`. See ``docs/search-spaces.md``.
+    """
+
+    NAME_PATTERN: ClassVar[str] = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+    description: str = ""
+    dataset: Dataset
+    data_root: str | None = None
+    limit_train: PosInt | None = None
+    limit_test: PosInt | None = None
+    balance: StrictBool = False
+    seed: NonNegInt = 0
+    parameters: Parameters = Parameters()
+    attacks: AttacksConfig = AttacksConfig()
+    objectives: dict[Objective, Direction] = Field(default_factory=lambda: dict(_DEFAULT_OBJECTIVES))
+    constraints: Constraints = Constraints()
+    resources: Resources = Resources()
+    num_samples: PosInt = 10
+    max_concurrent: PosInt | None = None
+    search: SearchConfig = SearchConfig()
+    early_stopping: EarlyStopping | None = None
+    storage_path: str | None = None
+    max_failures: NonNegInt = 0
+
+    @field_validator("objectives", mode="after")
+    @classmethod
+    def _some_objective(cls, objectives: dict[Objective, Direction]) -> dict[Objective, Direction]:
+        if not objectives:
+            fail(f"objectives needs at least one metric; allowed keys: {_values(Objective)}", objectives)
+        return objectives
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpace:
+        params = self.parameters
+        if not params.searched():
+            fail(
+                "no parameter is searched; give at least one parameter a {choice: ...}, {uniform: ...}, "
+                "{loguniform: ...} or {int: ...} form (Optuna needs a search space)",
+                "all fixed",
+                ("parameters",),
+            )
+        if self.limit_test is not None and self.attacks.n_eval > self.limit_test:
+            fail(
+                f"n_eval exceeds limit_test={self.limit_test}; allowed: 1..{self.limit_test}",
+                self.attacks.n_eval,
+                ("attacks", "n_eval"),
+            )
+        if self.early_stopping is not None:
+            max_epochs = int(domain_max(params.epochs))
+            if self.early_stopping.grace_period > max_epochs:
+                fail(
+                    f"grace_period exceeds the largest epochs value; allowed: 1..{max_epochs}",
+                    self.early_stopping.grace_period,
+                    ("early_stopping", "grace_period"),
+                )
+        self._check_circuit_memory()
+        return self
+
+    def _check_circuit_memory(self) -> None:
+        """Refuse, before Ray starts, a qubit count whose simulated state exceeds qshield's memory budget."""
+        archs = domain_values(self.parameters.arch) or ()
+        if Arch.HYBRID not in archs:
+            return
+        n_max = int(domain_max(self.parameters.n_qubits))
+        noises = domain_values(self.parameters.noise) or ()
+        noisy = any(n is not Noise.NONE for n in noises) and domain_max(self.parameters.noise_strength) > 0
+        try:
+            CircuitSpec.create(
+                n_max, 1, noise="depolarizing" if noisy else "none", noise_strength=0.5 if noisy else 0.0
+            )
+        except ValueError as exc:
+            fail(str(exc), n_max, ("parameters", "n_qubits"))
+
+    # ---- convenience for the trainable and the runner ----
+
+    @property
+    def max_epochs(self) -> int:
+        """The largest ``epochs`` value a trial can get (ASHA's ``max_t``)."""
+        return int(domain_max(self.parameters.epochs))
+
+    def eps_for(self, attack: AttackName | str) -> float | None:
+        """ε for ``attack``: its own setting, else the global ``attacks.eps``, else the dataset's default;
+        None for attacks without an ε (cw, deepfool, onepixel)."""
+        name = _attack(attack)
+        if name not in EPS_ATTACKS:
+            return None
+        own = (self.attacks.settings.given().get(name) or {}).get("eps")
+        if own is not None:
+            return float(own)
+        if self.attacks.eps is not None:
+            return float(self.attacks.eps)
+        return float(DEFAULT_EPS[self.dataset.value])
+
+    def attack_overrides(self, attack: AttackName | str) -> dict[str, Any]:
+        """The non-ε overrides given for ``attack`` (keys of its ``qshield.attacks`` preset), validated."""
+        name = _attack(attack)
+        settings = self.attacks.settings.given().get(name) or {}
+        return {k: v for k, v in settings.items() if k != "eps"}
+
+    def directions(self) -> dict[str, str]:
+        """``{metric: "max"|"min"}`` in objective order (the form ``orchestrator.scoring`` takes)."""
+        return {k.value: d.value for k, d in self.objectives.items()}
+
+    def resolved_storage_path(self) -> str:
+        """``storage_path`` for Ray: a URI unchanged, a local path absolute (``~`` expanded, relative to the
+        current directory); default ``~/ray_results`` (Ray's own default)."""
+        path = self.storage_path or "~/ray_results"
+        if "://" in path:
+            return path
+        return os.path.abspath(os.path.expanduser(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-able dict that :func:`orchestrator.space.parse_space` reads back to an equal space."""
+        data = self.model_dump(mode="json", exclude={"parameters", "objectives"})
+        data["parameters"] = self.parameters.to_dict()
+        data["objectives"] = self.directions()
+        data["attacks"]["settings"] = {k: v for k, v in data["attacks"]["settings"].items() if v is not None}
+        return data
+
+    def replace(self, **changes: Any) -> SweepSpace:
+        """A re-validated copy with top-level keys replaced (e.g. ``storage_path`` or ``num_samples`` from the CLI).
+
+        Raises:
+            SpaceError: a replaced value is invalid (source ``<replace>``).
+        """
+        from ._space_load import parse_space  # the loader imports this module
+
+        return parse_space(self.to_dict() | changes, source="<replace>")
+
+
+def _attack(attack: AttackName | str) -> AttackName:
+    try:
+        return AttackName(str(attack).lower())
+    except ValueError:
+        raise ValueError(f"attack={attack!r} is not known; allowed values: {_values(AttackName)}") from None
+
+
+def _values(items: Any) -> str:
+    return ", ".join(repr(m.value) for m in items)

@@ -1,0 +1,129 @@
+"""Converting a :class:`SweepSpace` into Ray Tune objects (Ray and Optuna are imported lazily, on call).
+
+The intended use (the runner adds its trainable, ``RunConfig`` and callbacks)::
+
+    space = load_space("search_spaces/mnist5k-demo.yaml")
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, space=space), space.resources.to_tune()),
+        param_space=to_tune_param_space(space),
+        tune_config=make_tune_config(space),   # search_alg + scheduler + num_samples, no metric/mode
+        run_config=...,
+    )
+
+``OptunaSearch`` receives its space from ``param_space`` (Tune calls ``set_search_properties``), so the
+searcher is built without one; ``metric``/``mode`` must then NOT be passed to ``TuneConfig`` (the searcher
+holds the objective lists). Tune checks that every reported result carries the searcher's metrics (and the
+scheduler's ``val_accuracy``): either report the objectives in every result, or, when per-epoch results carry
+only training metrics, set ``TUNE_DISABLE_STRICT_METRIC_CHECKING=1``. Optuna is told only the final result of a
+trial; a trial without the objectives there (e.g. stopped early by ASHA) is not counted as a completed trial.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._space_domains import Choice, Domain, Fixed, IntRange, LogUniform, Uniform, _plain
+from ._space_model import VAL_METRIC, SearchAlgorithm, SweepSpace
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from ray.tune import TuneConfig
+    from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
+
+__all__ = ["to_tune_param_space", "make_search_alg", "make_scheduler", "make_tune_config", "make_sampler"]
+
+
+def _tune_domain(domain: Domain) -> Any:
+    from ray import tune
+
+    if isinstance(domain, Fixed):
+        return _plain(domain.value)
+    if isinstance(domain, Choice):
+        return tune.choice([_plain(v) for v in domain.values])
+    if isinstance(domain, Uniform):
+        return tune.uniform(domain.lo, domain.hi)
+    if isinstance(domain, LogUniform):
+        return tune.loguniform(domain.lo, domain.hi)
+    if isinstance(domain, IntRange):
+        return tune.randint(domain.lo, domain.hi + 1)  # Tune's upper bound is exclusive
+    raise TypeError(f"unknown domain {domain!r}")  # pragma: no cover - Domain is a closed union
+
+
+def to_tune_param_space(space: SweepSpace) -> dict[str, Any]:
+    """The trial hyper-parameters as a flat Ray Tune ``param_space``.
+
+    Fixed parameters become plain values (enums as their strings); ``choice`` → ``tune.choice``, ``uniform`` →
+    ``tune.uniform``, ``loguniform`` → ``tune.loguniform``, ``int: [lo, hi]`` → ``tune.randint(lo, hi + 1)``
+    (inclusive ``hi``). Keys: every name of ``PARAMETERS`` (arch, backbone, n_qubits, ..., method).
+    """
+    return {name: _tune_domain(domain) for name, domain in space.parameters.domains().items()}
+
+
+def make_sampler(space: SweepSpace) -> Any:
+    """The seeded Optuna sampler: ``TPESampler(seed=space.seed)`` or ``NSGAIISampler(seed=space.seed)``."""
+    import optuna
+
+    search = space.search
+    if search.algorithm is SearchAlgorithm.NSGA2:
+        kwargs: dict[str, Any] = {"seed": space.seed}
+        if search.population_size is not None:
+            kwargs["population_size"] = search.population_size
+        return optuna.samplers.NSGAIISampler(**kwargs)
+    kwargs = {"seed": space.seed}
+    if search.n_startup_trials is not None:
+        kwargs["n_startup_trials"] = search.n_startup_trials
+    return optuna.samplers.TPESampler(**kwargs)
+
+
+def make_search_alg(space: SweepSpace) -> Searcher:
+    """Ray Tune's multi-objective ``OptunaSearch`` for ``space``.
+
+    ``metric`` = the objective names, ``mode`` = their directions (in the YAML's order), the sampler from
+    :func:`make_sampler`; wrapped in ``ConcurrencyLimiter(max_concurrent=...)`` when ``max_concurrent`` is set.
+    The search space itself comes from the Tuner's ``param_space`` (:func:`to_tune_param_space`).
+    """
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    directions = space.directions()
+    searcher = OptunaSearch(
+        metric=list(directions),
+        mode=list(directions.values()),
+        sampler=make_sampler(space),
+        study_name=space.name,
+    )
+    if space.max_concurrent is not None:
+        return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
+    return searcher
+
+
+def make_scheduler(space: SweepSpace) -> TrialScheduler | None:
+    """``ASHAScheduler`` on validation accuracy (``val_accuracy``, max) per epoch, or None without early stopping.
+
+    ``time_attr="training_iteration"`` (one report per epoch), ``max_t`` = the largest ``epochs`` value,
+    ``grace_period`` and ``reduction_factor`` from the space.
+    """
+    stopping = space.early_stopping
+    if stopping is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=VAL_METRIC,
+        mode="max",
+        max_t=space.max_epochs,
+        grace_period=stopping.grace_period,
+        reduction_factor=stopping.reduction_factor,
+    )
+
+
+def make_tune_config(space: SweepSpace) -> TuneConfig:
+    """``tune.TuneConfig`` with the search algorithm, scheduler (if any) and ``num_samples``; no metric/mode."""
+    from ray import tune
+
+    kwargs: dict[str, Any] = {"search_alg": make_search_alg(space), "num_samples": space.num_samples}
+    scheduler = make_scheduler(space)
+    if scheduler is not None:
+        kwargs["scheduler"] = scheduler
+    return tune.TuneConfig(**kwargs)
