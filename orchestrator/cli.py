@@ -1,0 +1,107 @@
+"""The ``qshield`` command: ``sweep``, ``select``, ``demo`` (the application) and ``train``, ``evaluate`` (the
+library's commands, from :mod:`qshield.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .run import add_sweep_arguments, run_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_SPACE = ROOT / "search_spaces" / "mnist5k-demo.yaml"
+
+
+def _weights(text: str) -> dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--weights={text!r}: expected metric=weight pairs, e.g. accuracy=1,asr=2") from None
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .registry import SelectionError, select_champion
+
+    try:
+        sel = select_champion(args.sweep, model_name=args.model_name, rule=args.rule, weights=args.weights,
+                              primary=args.primary, experiment=args.experiment, tracking_uri=args.tracking_uri,
+                              verify=not args.no_verify)
+    except (SelectionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"registered {sel.model_name} version {sel.version} from run {sel.run_id} (rule {sel.rule})")
+    print("objectives: " + ", ".join(f"{k}={v:.4f}" for k, v in sel.objectives.items()))
+    print(f"alias champion -> version {sel.version}" + (f"; challenger -> version {sel.challenger_version}"
+                                                          if sel.challenger_version else ""))
+    if sel.verified:
+        print("reloaded models:/%s@champion and re-evaluated: %s" % (
+            sel.model_name, ", ".join(f"{k} logged {a:.4f} / now {b:.4f}" for k, (a, b) in sel.verified.items())))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking)
+    tracking = os.environ["MLFLOW_TRACKING_URI"]
+    print(f"qshield demo: a real sweep of {DEMO_SPACE.name} on local Ray; results in {workdir}", flush=True)
+    sweep_args = argparse.Namespace(
+        space=str(DEMO_SPACE), name=None, storage_path=str(workdir / "ray_results"), tracking_uri=tracking,
+        experiment="qshield-demo", num_samples=args.num_samples, num_cpus=None, select="knee",
+        model_name="qshield-demo",
+    )
+    code = run_from_args(sweep_args)
+    print()
+    print("Open the MLflow UI on these results:")
+    print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking} --port 5000")
+    print("  then browse http://127.0.0.1:5000 (experiment 'qshield-demo'; the champion is under Models)")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qshield", description="Hybrid quantum-classical classifiers: "
+                                     "train, attack, sweep on Ray Tune, register champions in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sweep", help="run or resume a multi-objective sweep (Ray Tune + Optuna, MLflow)")
+    add_sweep_arguments(p)
+    p.set_defaults(func=run_from_args)
+
+    p = sub.add_parser("select", help="register a sweep's champion in the MLflow registry and verify it")
+    p.add_argument("--sweep", required=True, help="sweep name")
+    p.add_argument("--rule", default="knee", choices=["knee", "weighted", "constrained_best"], help="selection rule")
+    p.add_argument("--weights", type=_weights, help="for --rule weighted: metric=weight pairs, e.g. accuracy=1,asr=1")
+    p.add_argument("--primary", help="for --rule constrained_best: the objective to maximise/minimise first")
+    p.add_argument("--model-name", help="registered model name (default: qshield-<sweep>)")
+    p.add_argument("--experiment", default="qshield", help="MLflow experiment (default: qshield)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--no-verify", action="store_true", help="skip reloading and re-evaluating the champion")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("demo", help="the offline demo: a real small sweep on mnist5k, local Ray, sqlite MLflow")
+    p.add_argument("--workdir", default="qshield-demo", help="where results go (default: ./qshield-demo)")
+    p.add_argument("--num-samples", type=int, help="override the demo's trial count")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from qshield.cli import add_library_commands
+    except ImportError:  # pragma: no cover - the library CLI is part of the package
+        pass
+    else:
+        add_library_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

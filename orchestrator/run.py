@@ -1,0 +1,80 @@
+"""``python -m orchestrator.run --space FILE``: the sweep entrypoint for ``ray job submit`` and KubeRay RayJobs.
+
+    ray job submit --working-dir . -- python -m orchestrator.run --space search_spaces/mnist.yaml
+
+``ray.init()`` attaches to the cluster in ``$RAY_ADDRESS`` (set by ``ray job submit`` and KubeRay) and starts a
+local Ray otherwise. Restore-or-start by sweep name: re-running the same command (or a retried RayJob) resumes the
+sweep from ``<storage_path>/<name>``. The MLflow tracking URI comes from ``--tracking-uri``,
+``$MLFLOW_TRACKING_URI``, or ``sqlite:///mlflow.db`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--space", required=True, metavar="FILE", help="search-space YAML (see search_spaces/)")
+    parser.add_argument("--name", help="sweep name (default: the space's name); the same name resumes the sweep")
+    parser.add_argument("--storage-path", metavar="PATH_OR_URI",
+                        help="where Tune keeps results and checkpoints (default: the space's storage_path, else ~/ray_results)")
+    parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", default="qshield", help="MLflow experiment name (default: qshield)")
+    parser.add_argument("--num-samples", type=int, metavar="N", help="override the space's trial count")
+    parser.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray (ignored when attaching to a cluster)")
+    parser.add_argument("--select", choices=["knee", "weighted", "constrained_best"],
+                        help="after the sweep, register its champion with this rule")
+    parser.add_argument("--model-name", help="registered model name for --select (default: qshield-<sweep>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sweep_arguments(parser)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .space import SpaceError, load_space
+    from .sweep import SweepSetupError, format_summary, run_sweep
+
+    try:
+        space = load_space(args.space)
+        if args.num_samples is not None:
+            space = space.replace(num_samples=args.num_samples)
+    except SpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_sweep(space, name=args.name, storage_path=args.storage_path, tracking_uri=args.tracking_uri,
+                           experiment=args.experiment, num_cpus=args.num_cpus)
+    except SweepSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    print(f"MLflow: {result.tracking_uri} (experiment {args.experiment!r}, parent run {result.parent_run_id})")
+    if args.select:
+        from .registry import SelectionError, select_champion
+
+        try:
+            sel = select_champion(result.name, model_name=args.model_name, rule=args.select,
+                                  experiment=args.experiment, tracking_uri=result.tracking_uri)
+        except SelectionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"champion: models:/{sel.model_name}@champion = version {sel.version} (run {sel.run_id}); "
+              f"re-evaluated: " + ", ".join(f"{k} {a:.4f}={b:.4f}" for k, (a, b) in sel.verified.items()))
+    failed = sum(t.status == "error" for t in result.trials)
+    return 0 if result.finished() and not failed else (1 if not result.finished() else 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_from_args(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

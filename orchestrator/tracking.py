@@ -1,0 +1,285 @@
+"""MLflow tracking for sweeps: one parent run per sweep, one nested run per trial, no duplicates on resume.
+
+Only :class:`mlflow.MlflowClient` is used (no global "active run"), so several sweeps or a resumed driver never
+tangle their runs. Runs are found again by tags:
+
+* parent: ``qshield.role = sweep`` and ``qshield.sweep = <sweep name>``;
+* trial:  ``qshield.role = trial``, ``qshield.sweep = <sweep name>`` and ``qshield.trial_id = <Tune trial id>``
+  (Tune keeps trial ids across ``Tuner.restore``), with ``mlflow.parentRunId`` pointing at the parent.
+
+Default tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory
+(MLflow >= 3.13 refuses a plain local file store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ROLE, SWEEP, TRIAL = "qshield.role", "qshield.sweep", "qshield.trial_id"
+PARENT = "mlflow.parentRunId"
+_MAX_PARAM_LEN = 6000
+T = TypeVar("T")
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (absolute, in the cwd)."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def run_environment_tags() -> dict[str, str]:
+    """Tags recording what produced a run: git sha, Python and package versions, host architecture."""
+    tags = {"qshield.git_sha": _git_sha(), "python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("qshield", "torch", "ray", "mlflow", "optuna", "pennylane", "qulacs", "torchattacks"):
+        try:
+            from importlib.metadata import version
+
+            tags[f"version.{pkg}"] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded as such
+            tags[f"version.{pkg}"] = "not installed"
+    return tags
+
+
+def _git_sha() -> str:
+    env = os.environ.get("QSHIELD_GIT_SHA")
+    if env:
+        return env
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        sha = out.stdout.strip()
+        if out.returncode == 0 and sha:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings with ``/``-joined keys (``{"a": {"b": 1}}`` -> ``{"a/b": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+class TrackingError(RuntimeError):
+    """The tracking server could not be reached after retries; nothing was silently dropped."""
+
+
+class SweepTracker:
+    """Creates and finds the MLflow runs of one sweep.
+
+    Args:
+        sweep: sweep name (also Tune's experiment name).
+        experiment: MLflow experiment name (created if missing).
+        tracking_uri: see :func:`resolve_tracking_uri`.
+        retries / backoff_s: every call to the tracking server is retried this many times with exponential
+            backoff; after that a :class:`TrackingError` is raised (the sweep fails loudly, never loses data
+            silently).
+    """
+
+    def __init__(
+        self,
+        sweep: str,
+        experiment: str = "qshield",
+        tracking_uri: str | None = None,
+        *,
+        retries: int = 5,
+        backoff_s: float = 1.0,
+    ) -> None:
+        self.sweep = sweep
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.experiment_name = experiment
+        self._experiment_id: str | None = None
+        self._parent_id: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
+        state = dict(self.__dict__)
+        state.pop("client", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (MlflowException, OSError, ConnectionError) as exc:
+                if attempt == self.retries or not _is_transient(exc):
+                    raise TrackingError(
+                        f"MLflow at {self.tracking_uri} failed to {what} after {attempt + 1} attempt(s): {exc}"
+                    ) from exc
+                log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self._call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
+            if exp is None:
+                self._experiment_id = self._call(
+                    "create experiment", lambda: self.client.create_experiment(self.experiment_name)
+                )
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _find(self, filter_string: str) -> list[Any]:
+        return self._call(
+            "search runs",
+            lambda: self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000),
+        )
+
+    # -- parent -----------------------------------------------------------------------------------------------
+    def parent_run_id(self, params: Mapping[str, Any] | None = None) -> str:
+        """The sweep's parent run, created on first use and found again (by tags) after a restart."""
+        if self._parent_id is None:
+            runs = self._find(f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{_q(self.sweep)}'")
+            if runs:
+                self._parent_id = runs[0].info.run_id
+                self._call("reopen parent run", lambda: self.client.update_run(self._parent_id, status="RUNNING"))
+            else:
+                tags = {ROLE: "sweep", SWEEP: self.sweep, **run_environment_tags()}
+                run = self._call(
+                    "create parent run",
+                    lambda: self.client.create_run(self.experiment_id, run_name=f"sweep {self.sweep}", tags=tags),
+                )
+                self._parent_id = run.info.run_id
+                if params:
+                    self.log_params(self._parent_id, params)
+        return self._parent_id
+
+    # -- trials -----------------------------------------------------------------------------------------------
+    def trial_run_id(self, trial_id: str, params: Mapping[str, Any] | None = None) -> str:
+        """The nested run of a Tune trial; an existing one is reused (no duplicates when a sweep resumes)."""
+        parent = self.parent_run_id()
+        runs = self._find(
+            f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{_q(self.sweep)}' and tags.`{TRIAL}` = '{_q(trial_id)}'"
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self._call("reopen trial run", lambda: self.client.update_run(run_id, status="RUNNING"))
+            return run_id
+        tags = {ROLE: "trial", SWEEP: self.sweep, TRIAL: trial_id, PARENT: parent, **run_environment_tags()}
+        run = self._call(
+            "create trial run",
+            lambda: self.client.create_run(self.experiment_id, run_name=f"trial {trial_id}", tags=tags),
+        )
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def trial_runs(self) -> list[Any]:
+        """All trial runs of this sweep (MLflow ``Run`` objects)."""
+        return self._find(f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{_q(self.sweep)}'")
+
+    # -- logging ----------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log (flattened) params; params already logged with the same value are skipped (resume-safe)."""
+        existing = self._call("read run", lambda: self.client.get_run(run_id)).data.params
+        batch = []
+        for k, v in flatten(params).items():
+            value = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+            value = value[:_MAX_PARAM_LEN]
+            if k in existing:
+                continue
+            batch.append(Param(k, value))
+        for i in range(0, len(batch), 100):
+            chunk = batch[i : i + 100]
+            self._call("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log the finite numeric entries of ``metrics`` (flattened); other entries are ignored."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(float(v)) != float("inf")
+        ]
+        for i in range(0, len(batch), 500):
+            chunk = batch[i : i + 500]
+            self._call("log metrics", lambda c=chunk: self.client.log_batch(run_id, metrics=c))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._call("set tags", lambda: self.client.log_batch(run_id, tags=batch))
+
+    def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._call("log artifacts", lambda: self.client.log_artifacts(run_id, str(local_dir), artifact_path))
+
+    def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(json.dumps(obj, indent=2, default=str))
+            parent = str(Path(artifact_file).parent)
+            self._call(
+                "log artifact",
+                lambda: self.client.log_artifact(run_id, str(path), None if parent == "." else parent),
+            )
+
+    def log_table(self, run_id: str, rows: Iterable[Mapping[str, Any]], artifact_file: str) -> None:
+        """Log a list of row dicts as an MLflow table (shown in the UI's artifact viewer)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(list(rows))
+        self._call("log table", lambda: self.client.log_table(run_id, frame, artifact_file))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call("end run", lambda: self.client.set_terminated(run_id, status=status))
+
+
+def _q(value: str) -> str:
+    """Escape a value for an MLflow filter string."""
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection problems and server errors are retried; bad requests are not."""
+    if isinstance(exc, (OSError, ConnectionError)):
+        return True
+    code = getattr(exc, "error_code", "") or ""
+    text = str(exc)
+    return (
+        code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "ENDPOINT_NOT_FOUND")
+        or "Max retries exceeded" in text
+        or "Connection" in text
+        or "database is locked" in text
+    )

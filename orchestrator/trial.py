@@ -1,0 +1,281 @@
+"""One sweep trial, independent of Ray: data -> model -> training (per-epoch reports) -> attacks -> objectives.
+
+:func:`run_trial` is what the Ray Tune trainable (:mod:`orchestrator.trainable`) calls; the same function also
+re-runs a single trial exactly from its recorded parameters (``qshield train --from-run``) and is unit-tested
+without Ray. Reports go through a ``report(metrics, checkpoint_dir)`` callable.
+
+Objectives of a finished trial (keys of its final report, see ``docs/search-spaces.md``):
+
+* ``accuracy``: clean accuracy on the whole (limited) test split;
+* ``asr``: attack success rate averaged over the evaluated attacks (only correctly classified images attacked);
+* ``robust_accuracy``: accuracy under attack, averaged over the attacks;
+* ``adversary_cost``: model forward + backward calls per attacked example, averaged over the attacks (counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Subset, TensorDataset
+
+from qshield.attacks import AttackConfig
+from qshield.data import DatasetBundle, load_dataset
+from qshield.data._sampling import stratified_split
+from qshield.evaluation import EvaluationReport, MaskingConfig, evaluate
+from qshield.models import ModelConfig, build_model, load_model, save_model
+from qshield.training import TrainConfig, evaluate_dataset, train
+
+from .space import VAL_METRIC, SweepSpace
+
+#: fraction of the training split held out for per-epoch validation accuracy (early stopping reads it)
+VAL_FRACTION = 0.1
+MODEL_FILE = "model.pt"
+STATE_FILE = "trial_state.json"
+
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """Everything one trial needs, resolved from a Tune config (the sampled parameters) and its space."""
+
+    model: ModelConfig
+    train: TrainConfig
+    attacks: tuple[AttackConfig, ...]
+    params: dict[str, Any]
+
+
+def model_config_from_params(params: Mapping[str, Any], bundle: DatasetBundle) -> ModelConfig:
+    """Map the sweep parameters onto a :class:`~qshield.models.ModelConfig` for ``bundle``'s data."""
+    w_q = float(params["w_q"])
+    return ModelConfig.from_dict(
+        {
+            "arch": params["arch"],
+            "backbone": params["backbone"],
+            "in_channels": bundle.in_channels,
+            "image_size": bundle.image_size,
+            "num_classes": bundle.num_classes,
+            "n_qubits": int(params["n_qubits"]),
+            "depth": int(params["depth"]),
+            "entanglement": params["entanglement"],
+            "noise": params["noise"],
+            "noise_strength": float(params["noise_strength"]),
+            "readout_error": float(params["readout_error"]),
+            "measurement": params["measurement"],
+            "backend": params["backend"],
+            "fusion": params["fusion"],
+            "fusion_weights": (1.0 - w_q, w_q),
+        }
+    )
+
+
+def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBundle) -> TrialPlan:
+    """Resolve a trial's configs; raises ``ValueError`` naming the field on a bad combination."""
+    model = model_config_from_params(params, bundle)
+    train_cfg = TrainConfig(
+        epochs=int(params["epochs"]),
+        lr=float(params["lr"]),
+        weight_decay=float(params["weight_decay"]),
+        batch_size=int(params["batch_size"]),
+        seed=space.seed,
+        method=params["method"],
+    )
+    attacks = tuple(
+        AttackConfig(name.value, eps=space.eps_for(name), params=space.attack_overrides(name))
+        for name in space.attacks.names
+    )
+    return TrialPlan(model=model, train=train_cfg, attacks=attacks, params=dict(params))
+
+
+def load_trial_data(space: SweepSpace, *, progress: bool = False) -> DatasetBundle:
+    return load_dataset(
+        space.dataset.value,
+        root=space.data_root,
+        seed=space.seed,
+        balance=space.balance,
+        limit_train=space.limit_train,
+        limit_test=space.limit_test,
+        progress=progress,
+    )
+
+
+def split_validation(train_set: TensorDataset, seed: int) -> tuple[Subset, Subset]:
+    """A seeded, stratified hold-out of :data:`VAL_FRACTION` of the training split."""
+    labels = train_set.tensors[1].numpy()
+    fit_idx, val_idx = stratified_split(labels, VAL_FRACTION, np.random.default_rng(seed))
+    return Subset(train_set, fit_idx.tolist()), Subset(train_set, val_idx.tolist())
+
+
+def run_trial(
+    params: Mapping[str, Any],
+    space: SweepSpace,
+    report: Report,
+    *,
+    resume_from: Path | None = None,
+    bundle: DatasetBundle | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train and attack one model; returns the final metrics (also passed to ``report``).
+
+    ``report(metrics, checkpoint_dir)`` is called after every epoch (``epoch``, ``train_loss``,
+    ``train_accuracy``, ``val_accuracy``; ``checkpoint_dir`` holds the model so far) and once at the end with
+    ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc., masking diagnostics
+    ``masking/<check>`` (1 = passed), ``trustworthy``, and ``attack_table`` / ``diagnostics`` (JSON-able) for
+    the tracker. ``checkpoint_dir`` of the final report holds ``model/`` (weights + config + tables).
+
+    ``resume_from`` is a checkpoint directory written by an earlier report of the same trial: training restarts
+    from the epoch it recorded (the model's weights restored; the optimiser starts afresh).
+    """
+    bundle = bundle or load_trial_data(space)
+    plan = plan_trial(params, space, bundle)
+    fit_set, val_set = split_validation(bundle.train, space.seed)
+
+    done_epochs = 0
+    if resume_from is not None and (Path(resume_from) / MODEL_FILE).exists():
+        model, _ = load_model(Path(resume_from) / MODEL_FILE)
+        done_epochs = int(json.loads((Path(resume_from) / STATE_FILE).read_text())["epoch"])
+    else:
+        model = build_model(plan.model, seed=space.seed)
+
+    def on_epoch(epoch: int, metrics: Mapping[str, Any]) -> None:
+        absolute = done_epochs + epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp)
+            save_model(model, plan.model, ckpt / MODEL_FILE)
+            (ckpt / STATE_FILE).write_text(json.dumps({"epoch": absolute}))
+            row = {"epoch": absolute, **_numeric(metrics)}
+            row.pop("epoch_seconds", None)
+            if "val_accuracy" not in row and "val_acc" in row:
+                row["val_accuracy"] = row.pop("val_acc")
+            report(row, ckpt)
+
+    remaining = plan.train.epochs - done_epochs
+    if remaining > 0:
+        train_cfg = plan.train
+        if done_epochs:
+            from dataclasses import replace
+
+            # a different shuffling stream for the remaining epochs than for the first ones
+            train_cfg = replace(train_cfg, epochs=remaining, seed=train_cfg.seed + done_epochs)
+        train(model, fit_set, train_cfg, val_dataset=val_set, callback=on_epoch, progress=progress)
+
+    final = evaluate_trained(model, space, bundle=bundle, attacks=plan.attacks, progress=progress)
+    final["epoch"] = plan.train.epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp)
+        model_dir = ckpt / "model"
+        model_dir.mkdir()
+        save_model(model, plan.model, model_dir / MODEL_FILE)
+        (model_dir / "params.json").write_text(json.dumps(plan.params, indent=2, default=str))
+        (model_dir / "space.json").write_text(json.dumps(space.to_dict(), indent=2, default=str))
+        (model_dir / "metrics.json").write_text(
+            json.dumps({k: v for k, v in final.items() if k not in ("attack_table", "diagnostics")}, indent=2)
+        )
+        shutil.copy(model_dir / MODEL_FILE, ckpt / MODEL_FILE)
+        (ckpt / STATE_FILE).write_text(json.dumps({"epoch": plan.train.epochs}))
+        report(final, ckpt)
+    return final
+
+
+def evaluate_trained(
+    model: torch.nn.Module,
+    space: SweepSpace,
+    *,
+    bundle: DatasetBundle | None = None,
+    attacks: tuple[AttackConfig, ...] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Clean accuracy on the test split and the space's attacks on its first ``n_eval`` images (seeded)."""
+    bundle = bundle or load_trial_data(space)
+    if attacks is None:
+        attacks = tuple(
+            AttackConfig(name.value, eps=space.eps_for(name), params=space.attack_overrides(name))
+            for name in space.attacks.names
+        )
+    model.eval()
+    test_x, test_y = bundle.test.tensors
+    accuracy = float(evaluate_dataset(model, bundle.test, batch_size=256)["accuracy"])
+    n_eval = min(space.attacks.n_eval, len(test_y))
+    evaluation = evaluate(
+        model,
+        test_x[:n_eval],
+        test_y[:n_eval],
+        list(attacks),
+        dataset=space.dataset.value,
+        batch_size=space.attacks.batch_size,
+        progress=progress,
+        diagnostics=space.attacks.diagnostics,
+        masking=MaskingConfig(n_examples=min(32, n_eval)) if space.attacks.diagnostics else None,
+        seed=space.seed,
+    )
+    return final_metrics(accuracy, evaluation)
+
+
+def final_metrics(accuracy: float, evaluation: EvaluationReport) -> dict[str, Any]:
+    """The objectives and the per-attack breakdown of one evaluation (see the module docstring)."""
+    results = evaluation.results
+    out: dict[str, Any] = {
+        "final": True,
+        "accuracy": accuracy,
+        "odr_attacked_subset": evaluation.odr,
+        "asr": float(np.mean([r.asr for r in results])) if results else 0.0,
+        "robust_accuracy": float(np.mean([r.robust_accuracy for r in results])) if results else accuracy,
+        "adversary_cost": float(np.mean([r.forward_per_example + r.backward_per_example for r in results]))
+        if results
+        else 0.0,
+        "attack_seconds": float(np.sum([r.seconds_per_example * r.n_attacked for r in results])),
+        "trustworthy": bool(evaluation.trustworthy),
+    }
+    for r in results:
+        out[f"attack/{r.attack}/asr"] = r.asr
+        out[f"attack/{r.attack}/robust_accuracy"] = r.robust_accuracy
+        out[f"attack/{r.attack}/queries_per_example"] = r.forward_per_example + r.backward_per_example
+        out[f"attack/{r.attack}/seconds_per_example"] = r.seconds_per_example
+    diag = evaluation.diagnostics
+    if diag is not None:
+        for check in diag.checks:
+            out[f"masking/{check.name}"] = 1.0 if check.passed else 0.0
+        out["diagnostics"] = _jsonable(dataclasses.asdict(diag))
+    out["attack_table"] = [
+        {k: v for k, v in r.to_dict().items() if k != "config"} | {"flag": evaluation.flag} for r in results
+    ]
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (NaN -> None, tuples -> lists, enums -> values)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return getattr(obj, "value", str(obj))
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+    }
+
+
+def rerun_trial_from_dir(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any], SweepSpace]:
+    """Load what a trial recorded (``params.json``, ``space.json``) to re-run it exactly."""
+    from .space import parse_space
+
+    params = json.loads((model_dir / "params.json").read_text())
+    space = parse_space(json.loads((model_dir / "space.json").read_text()), source=str(model_dir / "space.json"))
+    model, _ = load_model(model_dir / MODEL_FILE)
+    return model, params, space
