@@ -92,7 +92,7 @@ def test_demo_space_is_tiny_and_searches_the_quantum_choices():
     assert space.dataset is Dataset.MNIST5K  # offline built-in
     assert space.limit_train is not None and space.limit_train <= 2000
     assert space.limit_test is not None and space.limit_test <= 500
-    assert space.max_epochs <= 2
+    assert space.max_epochs <= 3
     assert 4 <= space.num_samples <= 6
     assert space.attacks.n_eval <= 128
     assert {a.value for a in space.attacks.names} == {"fgsm", "pgd", "square"}
