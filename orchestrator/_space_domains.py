@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 from pydantic_core import PydanticCustomError
@@ -275,25 +276,27 @@ def _g(x: float) -> str:
 #: The parameters a sweep may fix or search, with their rules and defaults (paper defaults where it has one:
 #: Adam lr 1e-3, weight decay 1e-4, 10 epochs, batch 128, depth 1, n_qubits = max(2, ceil(log2 C)) = 4 for
 #: the 10/11-class datasets here). Parameters that only concern the hybrid model are ignored by dnn/cnn/resnet18.
-PARAMETERS: dict[str, ParamSpec] = {
-    "arch": ParamSpec("enum", Arch.HYBRID, "model architecture", Arch),
-    "backbone": ParamSpec("enum", Backbone.CNN, "classical backbone of the hybrid model", Backbone),
-    "n_qubits": ParamSpec("int", 4, "qubits of the quantum layer", lo=MIN_QUBITS, hi=MAX_QUBITS),
-    "depth": ParamSpec("int", 1, "entangling layers of the circuit", lo=1),
-    "entanglement": ParamSpec("enum", Entanglement.LINEAR, "CNOT topology per layer", Entanglement),
-    "noise": ParamSpec("enum", Noise.NONE, "noise channel after each layer", Noise),
-    "noise_strength": ParamSpec("float", 0.0, "noise channel probability p", lo=0.0, hi=1.0),
-    "readout_error": ParamSpec("float", 0.0, "symmetric readout bit-flip probability", lo=0.0, hi=1.0),
-    "measurement": ParamSpec("enum", Measurement.PROBS, "circuit readout", Measurement),
-    "fusion": ParamSpec("enum", Fusion.GATED, "classical/quantum fusion mode", Fusion),
-    "w_q": ParamSpec("float", 0.5, "quantum fusion weight w_q (w_c = 1 - w_q)", lo=0.0, hi=1.0),
-    "backend": ParamSpec("enum", QuantumBackend.TORCH, "quantum simulator backend", QuantumBackend),
-    "lr": ParamSpec("float", 1e-3, "Adam learning rate", lo=0.0, hi=1.0, lo_open=True),
-    "weight_decay": ParamSpec("float", 1e-4, "Adam weight decay", lo=0.0, hi=1.0),
-    "epochs": ParamSpec("int", 10, "training epochs", lo=1),
-    "batch_size": ParamSpec("int", 128, "training batch size", lo=1),
-    "method": ParamSpec("enum", TrainMethod.STANDARD, "training method", TrainMethod),
-}
+PARAMETERS: Mapping[str, ParamSpec] = MappingProxyType(
+    {
+        "arch": ParamSpec("enum", Arch.HYBRID, "model architecture", Arch),
+        "backbone": ParamSpec("enum", Backbone.CNN, "classical backbone of the hybrid model", Backbone),
+        "n_qubits": ParamSpec("int", 4, "qubits of the quantum layer", lo=MIN_QUBITS, hi=MAX_QUBITS),
+        "depth": ParamSpec("int", 1, "entangling layers of the circuit", lo=1),
+        "entanglement": ParamSpec("enum", Entanglement.LINEAR, "CNOT topology per layer", Entanglement),
+        "noise": ParamSpec("enum", Noise.NONE, "noise channel after each layer", Noise),
+        "noise_strength": ParamSpec("float", 0.0, "noise channel probability p", lo=0.0, hi=1.0),
+        "readout_error": ParamSpec("float", 0.0, "symmetric readout bit-flip probability", lo=0.0, hi=1.0),
+        "measurement": ParamSpec("enum", Measurement.PROBS, "circuit readout", Measurement),
+        "fusion": ParamSpec("enum", Fusion.GATED, "classical/quantum fusion mode", Fusion),
+        "w_q": ParamSpec("float", 0.5, "quantum fusion weight w_q (w_c = 1 - w_q)", lo=0.0, hi=1.0),
+        "backend": ParamSpec("enum", QuantumBackend.TORCH, "quantum simulator backend", QuantumBackend),
+        "lr": ParamSpec("float", 1e-3, "Adam learning rate", lo=0.0, hi=1.0, lo_open=True),
+        "weight_decay": ParamSpec("float", 1e-4, "Adam weight decay", lo=0.0, hi=1.0),
+        "epochs": ParamSpec("int", 10, "training epochs", lo=1),
+        "batch_size": ParamSpec("int", 128, "training batch size", lo=1),
+        "method": ParamSpec("enum", TrainMethod.STANDARD, "training method", TrainMethod),
+    }
+)
 
 
 def _parse_scalar(name: str, spec: ParamSpec, value: Any, subpath: tuple[str | int, ...]) -> Any:

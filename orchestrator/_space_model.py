@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -315,11 +316,10 @@ class AttacksConfig(_Strict):
 # ----------------------------------------------------------------------------------------------------------
 # objectives, constraints, resources, search, early stopping
 
-_DEFAULT_OBJECTIVES = {
-    Objective.ACCURACY: Direction.MAX,
-    Objective.ASR: Direction.MIN,
-    Objective.ADVERSARY_COST: Direction.MAX,
-}
+#: Objectives when a space names none: clean accuracy up, attack success down, attacker's cost up.
+_DEFAULT_OBJECTIVES: Mapping[Objective, Direction] = MappingProxyType(
+    {Objective.ACCURACY: Direction.MAX, Objective.ASR: Direction.MIN, Objective.ADVERSARY_COST: Direction.MAX}
+)
 
 _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
