@@ -33,6 +33,15 @@ from qshield.models.fusion import branch_statistics
 SHAPES = [(1, 28), (3, 32), (1, 8)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _x(channels: int, size: int, batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
@@ -123,7 +132,7 @@ def test_resnet_pretrained_from_local_file(tmp_path) -> None:
 def test_builtin_resnet_matches_torchvision_layout() -> None:
     try:
         from torchvision.models import resnet18 as tv_resnet18
-    except Exception as err:  # a torchvision that does not match torch fails at import with RuntimeError
+    except Exception as err:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError
         pytest.skip(f"torchvision not importable here: {err}")
     ours = {k: v.shape for k, v in _ResNet18Trunk().state_dict().items()}
     theirs = {k: v.shape for k, v in tv_resnet18(weights=None).state_dict().items()}

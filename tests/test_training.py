@@ -26,6 +26,15 @@ from qshield.training import (
 from tests._qref import simulate
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """sklearn's 8x8 digits (shipped with scikit-learn, no download), scaled to [0, 1]."""
@@ -95,7 +104,7 @@ def test_same_seed_gives_identical_weights_and_metrics(digits, arch: str, method
         history = train(model, data, cfg.replace(seed=seed), val_dataset=val, progress=False)
         runs.append((model.state_dict(), _no_time(history)))
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global RNG is untouched
-    (s1, m1), (s2, m2), (s3, m3) = runs
+    (s1, m1), (s2, m2), (s3, _m3) = runs
     assert all(torch.equal(s1[k], s2[k]) for k in s1) and m1 == m2
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
 
@@ -146,7 +155,7 @@ def test_bad_inputs_are_rejected_before_training(digits) -> None:
         train(model, TensorDataset(x[:8], y[:8].float()), TrainConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         train(model, TensorDataset(x[:8], y[:8]), {"epochs": 1, "learning_rate": 0.1}, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
 
 
 # ---------------------------------------------------------------- config

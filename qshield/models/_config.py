@@ -187,7 +187,8 @@ class ModelConfig:
         put(self, "measurement", Measurement.parse(self.measurement, "measurement"))
         backend = str(self.backend).lower()
         if backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} does not exist; allowed values: {', '.join(map(repr, BACKENDS))}")
+            allowed = ", ".join(map(repr, BACKENDS))
+            raise ValueError(f"backend={self.backend!r} does not exist; allowed values: {allowed}")
         put(self, "backend", backend)
         put(self, "quantum_trainable", _as_bool(self.quantum_trainable, "quantum_trainable"))
         put(self, "fusion", FusionMode.parse(self.fusion, "fusion"))
@@ -208,9 +209,10 @@ class ModelConfig:
             measurement=self.measurement,
             trainable=self.quantum_trainable,
         )
-        if self.measurement is Measurement.PROBS and 2**self.n_qubits < self.num_classes:  # type: ignore[operator]
+        states = 2**self.n_qubits  # type: ignore[operator]
+        if self.measurement is Measurement.PROBS and states < self.num_classes:
             raise ValueError(
-                f"n_qubits={self.n_qubits} gives {2**self.n_qubits} basis states < num_classes={self.num_classes} "  # type: ignore[operator]
+                f"n_qubits={self.n_qubits} gives {states} basis states < num_classes={self.num_classes} "
                 f"with measurement='probs'; allowed: n_qubits >= {default_n_qubits(self.num_classes)} "
                 "or measurement='expval' (linear head n -> C)"
             )
@@ -230,7 +232,7 @@ class ModelConfig:
         """``(C, H, W)`` of one input image."""
         return (self.in_channels, self.image_size, self.image_size)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
@@ -247,7 +249,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Build from a plain dict; unknown keys raise ``ValueError`` listing the allowed keys."""
         if not isinstance(data, Mapping):
             raise ValueError(f"ModelConfig.from_dict expects a mapping, got {type(data).__name__}")

@@ -46,7 +46,9 @@ def save_model(model: nn.Module, config: ModelConfig, path: str | os.PathLike[st
     torch.save(payload, path)
 
 
-def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
+def load_model(
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelConfig]:
     """Read a file written by :func:`save_model`; returns ``(model, config)`` with the model in eval mode.
 
     The model is rebuilt from the stored config (with ``pretrained_path`` dropped: the stored weights replace
@@ -62,7 +64,8 @@ def load_model(path: str | os.PathLike[str], *, map_location: str | torch.device
     try:
         payload: Any = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        culprit = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "").split(". Please")[0]
+        culprit = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), "")
+        culprit = culprit.split(". Please")[0]
         raise UnsafeCheckpointError(
             f"refused to load {str(path)!r}: it contains pickled Python objects, not only tensors and plain data, "
             f"and qshield model files are read with torch.load(weights_only=True); nothing in it was run"

@@ -81,7 +81,7 @@ def _new_trunk() -> nn.Module:
     """``torchvision.models.resnet18(weights=None)``, or the identical built-in trunk if torchvision fails."""
     try:
         from torchvision.models import resnet18 as tv_resnet18
-    except Exception as err:  # a mismatched torchvision raises RuntimeError/OSError at import, not ImportError
+    except Exception as err:  # noqa: BLE001 - a mismatched torchvision raises RuntimeError/OSError at import
         logger.info("torchvision unavailable (%s: %s); using the built-in ResNet-18", type(err).__name__, err)
         return _ResNet18Trunk()
     return tv_resnet18(weights=None)

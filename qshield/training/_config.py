@@ -99,19 +99,20 @@ class TrainConfig:
                 "(e.g. the reference's 32/255 MNIST, 8/255 OrganAMNIST, 2/255 CIFAR-10)"
             )
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (enums as strings), accepted by :meth:`from_dict`."""
-        return {
-            f.name: (getattr(self, f.name).value if isinstance(getattr(self, f.name), enum.Enum) else getattr(self, f.name))
-            for f in dataclasses.fields(self)
-        }
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a plain dict; unknown keys raise ``ValueError`` listing the allowed keys."""
         if not isinstance(data, Mapping):
             raise ValueError(f"TrainConfig.from_dict expects a mapping, got {type(data).__name__}")

@@ -103,7 +103,8 @@ class QuantumPatches(nn.Module):
         flat = z.reshape(b, c * PATCH_QUBITS, -1)
         low = flat.amin(dim=2, keepdim=True)
         span = flat.amax(dim=2, keepdim=True) - low
-        norm = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+        safe_span = span.clamp_min(torch.finfo(flat.dtype).tiny)
+        norm = torch.where(span > 0, (flat - low) / safe_span, torch.zeros_like(flat))
         norm = norm.reshape(b, c, 2, 2, hh, ww).permute(0, 1, 4, 2, 5, 3).reshape(b, c, 2 * hh, 2 * ww)
         return norm[:, :, :h, :w]
 
@@ -126,7 +127,7 @@ class QuantumPatchesTraining(TrainingMethod):
         self.augment = QuantumPatches(config.patches_strength, config.patches_entanglement)
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k = int(round(self.config.patches_mix_ratio * x.shape[0]))
+        k = round(self.config.patches_mix_ratio * x.shape[0])
         if k == 0:
             return x, y
         idx = torch.randperm(x.shape[0], generator=self.generator)[:k].to(x.device)

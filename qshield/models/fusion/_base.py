@@ -60,6 +60,8 @@ class Fusion(nn.Module, ABC):
         return self.fuse(log_p_c, log_p_q)
 
 
-def mix_log_probs(log_p_c: torch.Tensor, log_p_q: torch.Tensor, log_w_c: torch.Tensor, log_w_q: torch.Tensor) -> torch.Tensor:
+def mix_log_probs(
+    log_p_c: torch.Tensor, log_p_q: torch.Tensor, log_w_c: torch.Tensor, log_w_q: torch.Tensor
+) -> torch.Tensor:
     """``log(w_c p_c + w_q p_q)`` computed with logsumexp (no clamping; a zero weight is ``log_w = -inf``)."""
     return torch.logaddexp(log_w_c + log_p_c, log_w_q + log_p_q)
