@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,12 @@ def load_registered(model_uri: str, tracking_uri: str | None = None) -> tuple[An
 
     from .trial import MODEL_FILE
 
+    # ``models:/`` URIs resolve against the *registry* URI, which MLflow takes from the global default (the cwd's
+    # sqlite:///mlflow.db), not from ``tracking_uri``: resolve it as MlflowClient(tracking_uri) does.
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri,
+                                                         registry_uri=registry_uri))
     except MlflowException as exc:
         raise SelectionError(f"cannot load {model_uri}: {exc.message if hasattr(exc, 'message') else exc}") from exc
     if not (local / MODEL_FILE).exists():
