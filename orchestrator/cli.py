@@ -58,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = run_from_args(sweep_args)
     print()
     print("Open the MLflow UI on these results:")
-    print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking} --port 5000")
+    print(f"  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking} --port 5000")
     print("  then browse http://127.0.0.1:5000 (experiment 'qshield-demo'; the champion is under Models)")
     return code
 
