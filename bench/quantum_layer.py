@@ -8,6 +8,8 @@ Shapes (issue "Foundation and the quantum core"):
 
 Every backend runs the same QuantumLayer (same spec, same weights) and its outputs are checked to agree before
 timing. Time = median over repeats of one forward + backward (loss = sum of outputs), divided by the batch size.
+Our torch backend runs with its default ``method="auto"``; each of its paths (``schrodinger``, ``heisenberg``) is
+also timed forced and printed as a per-path breakdown (not part of the table).
 Writes the table to docs/benchmarks.md (section between markers) unless --no-write.
 
     python bench/quantum_layer.py [--repeats 5] [--device cuda] [--no-write]
@@ -78,12 +80,26 @@ def run(repeats: int, device: str, peer_repeats: int) -> list[dict]:
             with torch.no_grad():
                 outputs[backend] = layer(xb).cpu()
             results[backend] = time_step(layer, xb, reps, dev) / case["batch"]
+        paths = {}
+        for method in ["schrodinger", "heisenberg"]:
+            layer = QuantumLayer(**case["layer"], backend="torch", backend_options={"method": method})
+            layer.load_state_dict(ref.state_dict())
+            layer = layer.to(device)
+            with torch.no_grad():
+                outputs[f"torch/{method}"] = layer(x.to(device)).cpu()
+            paths[method] = time_step(layer, x.to(device), repeats, device) / case["batch"]
         for backend, out in outputs.items():
             err = (out - outputs["torch"]).abs().max().item()
             if err > 1e-4:
                 raise RuntimeError(f"{backend} disagrees with torch by {err:.2e} on {case['label']}")
-        rows.append(dict(case=case, per_sample=results))
+        rows.append(dict(case=case, per_sample=results, torch_paths=paths))
         print(f"{case['label']}: " + ", ".join(f"{b} {t * 1e6:.1f} us/sample" for b, t in results.items()), flush=True)
+        chosen = ref.backend.choose_method(case["batch"]).value
+        print(
+            f"  torch paths (auto takes {chosen}): "
+            + ", ".join(f"{m} {t * 1e6:.1f} us/sample" for m, t in paths.items()),
+            flush=True,
+        )
     return rows
 
 
