@@ -76,7 +76,11 @@ def check_storage(storage_path: str) -> None:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Attach to the cluster in ``$RAY_ADDRESS`` when set, else start a local Ray (no dashboard)."""
+    """Attach to the cluster in ``$RAY_ADDRESS`` when set, else start a local Ray (no dashboard).
+
+    ``address="local"``: a bare ``ray.init()`` would instead attach to the last cluster ``ray start`` recorded in
+    ``/tmp/ray/ray_current_cluster`` (and then refuse ``num_cpus``, or hang on a stale record).
+    """
     import ray
 
     if ray.is_initialized():
@@ -85,7 +89,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 def run_sweep(
