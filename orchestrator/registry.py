@@ -54,7 +54,10 @@ def _finished_trials(tracker: SweepTracker) -> list[Any]:
 
 
 def _sweep_settings(tracker: SweepTracker) -> tuple[dict[str, str], dict[str, float]]:
-    parent = tracker.client.get_run(tracker.parent_run_id())
+    parent_id = tracker.find_parent_run_id()  # read only: selecting must not reopen the finished sweep run
+    if parent_id is None:
+        raise SelectionError(f"sweep {tracker.sweep!r} has no parent run in experiment {tracker.experiment_name!r}")
+    parent = tracker.client.get_run(parent_id)
     tags = parent.data.tags
     directions = json.loads(tags.get("qshield.objectives", '{"accuracy": "max", "asr": "min"}'))
     constraints = json.loads(tags.get("qshield.constraints", "{}"))

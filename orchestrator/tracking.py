@@ -172,10 +172,10 @@ class SweepTracker:
     def parent_run_id(self, params: Mapping[str, Any] | None = None) -> str:
         """The sweep's parent run, created on first use and found again (by tags) after a restart."""
         if self._parent_id is None:
-            runs = self._find(f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{_q(self.sweep)}'")
-            if runs:
-                self._parent_id = runs[0].info.run_id
-                self._call("reopen parent run", lambda: self.client.update_run(self._parent_id, status="RUNNING"))
+            found = self.find_parent_run_id()
+            if found is not None:
+                self._parent_id = found
+                self._call("reopen parent run", lambda: self.client.update_run(found, status="RUNNING"))
             else:
                 tags = {ROLE: "sweep", SWEEP: self.sweep, **run_environment_tags()}
                 run = self._call(
@@ -186,6 +186,11 @@ class SweepTracker:
                 if params:
                     self.log_params(self._parent_id, params)
         return self._parent_id
+
+    def find_parent_run_id(self) -> str | None:
+        """The sweep's existing parent run (found by tags), or None; never creates or reopens a run."""
+        runs = self._find(f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{_q(self.sweep)}'")
+        return runs[0].info.run_id if runs else None
 
     # -- trials -----------------------------------------------------------------------------------------------
     def trial_run_id(self, trial_id: str, params: Mapping[str, Any] | None = None) -> str:
