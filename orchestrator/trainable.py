@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -18,11 +19,17 @@ from .trial import run_trial
 
 
 def qshield_trainable(config: dict[str, Any], space_dict: dict[str, Any]) -> None:
-    """Train and attack one model for the sampled ``config`` of the sweep described by ``space_dict``."""
+    """Train and attack one model for the sampled ``config`` of the sweep described by ``space_dict``.
+
+    Every report also carries ``node_id``, the Ray node the trial ran on (hex string).
+    """
     space = parse_space(space_dict, source="<sweep space>")
     torch.set_num_threads(max(1, int(space.resources.cpus)))
+    # Tune records node_ip/hostname/pid itself, which cannot tell apart two Ray nodes on one host; the node id can.
+    node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        metrics = {**metrics, "node_id": node_id}
         if checkpoint_dir is None:
             tune.report(metrics)
         else:
