@@ -1,5 +1,6 @@
 """The ``qshield`` command: ``sweep``, ``select``, ``demo`` (the application) and ``train``, ``evaluate`` (the
-library's commands, from :mod:`qshield.cli`)."""
+library's commands, from :mod:`qshield.cli`; ``train`` gains ``--from-run RUN_ID`` here, see
+:mod:`orchestrator.rerun`)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_library_commands(sub)
+        from .rerun import add_from_run_arguments
+
+        add_from_run_arguments(sub.choices["train"])  # qshield train --from-run RUN_ID: re-run a sweep trial exactly
     return parser
 
 

@@ -1,0 +1,413 @@
+"""Re-run one recorded sweep trial exactly and compare: ``qshield train --from-run RUN_ID [--tracking-uri URI]``.
+
+A finished sweep trial records, in its nested MLflow run, artifact directory ``model/`` (written by
+:func:`orchestrator.trial.run_trial`, logged by :class:`orchestrator.callbacks.MLflowTrialCallback`):
+
+* ``params.json``: the sampled parameters of the trial (the Tune config);
+* ``space.json``: the whole validated search space (dataset, limits, seed, attacks, resources, ...);
+* ``model.pt``: the trained weights with their config (read with ``torch.load(weights_only=True)``);
+* ``metrics.json``: the final metrics.
+
+That is everything :func:`~orchestrator.trial.run_trial` needs: :func:`fetch_trial` downloads it and the run's
+logged metric histories, :func:`rerun` trains and attacks the model again from scratch with the same
+parameters, space and seed (on the CPU, with the trial's ``resources.cpus`` torch threads, as the Ray trainable
+runs it), and compares every recorded value (per-epoch training metrics at every epoch, the final objectives,
+per-attack and masking metrics) and every weight tensor with the re-run's. Wall-clock timings (keys containing
+``seconds`` or ``time``) are printed but not compared.
+
+Not reproducible this way: a trial that was resumed mid-training from a checkpoint (after a node loss or a
+driver restart) restarted its optimiser at the resumed epoch, so a from-scratch re-run differs from it after that
+epoch; the comparison then reports the first differing epoch.
+
+The library command ``qshield train`` (:mod:`qshield.cli`, which never imports MLflow) gets ``--from-run`` from
+:func:`add_from_run_arguments`, called by the application's parser (:mod:`orchestrator.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RerunError",
+    "RecordedTrial",
+    "Comparison",
+    "RerunReport",
+    "fetch_trial",
+    "rerun",
+    "rerun_from_run",
+    "is_timing_key",
+    "add_from_run_arguments",
+]
+
+#: artifact path of a trial's model directory in its MLflow run (see orchestrator.callbacks)
+MODEL_ARTIFACT = "model"
+_RECORD_FILES = ("params.json", "space.json", "model.pt")
+#: ``qshield train`` options that still apply with ``--from-run`` (all others are taken from the record)
+_COMPATIBLE = {"help", "from_run", "tracking_uri", "tolerance", "out", "threads", "no_progress", "verbose", "device"}
+
+
+class RerunError(ValueError):
+    """The run cannot be re-run: it does not exist, is not a finished sweep trial, or its record is incomplete.
+
+    Raised before any training; the message names the run id, the tracking URI and what is needed.
+    """
+
+
+def is_timing_key(key: str) -> bool:
+    """Wall-clock measurements (``attack_seconds``, ``attack/pgd/seconds_per_example``, ``epoch_time_s``)."""
+    return "seconds" in key or "time" in key
+
+
+@dataclass(frozen=True)
+class RecordedTrial:
+    """What a sweep recorded for one trial (downloaded to ``model_dir``)."""
+
+    run_id: str
+    tracking_uri: str
+    sweep: str
+    trial_id: str
+    params: dict[str, Any]
+    space: Any  # orchestrator.space.SweepSpace
+    model_dir: Path
+    final_metrics: dict[str, float]  # metrics.json, numeric entries (bools as 0/1)
+    history: dict[str, dict[int, float]]  # MLflow metric key -> {step: value} (the last value logged per step)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One recorded value against its re-run value (``step``: the epoch for per-epoch metrics, else None)."""
+
+    key: str
+    step: int | None
+    recorded: float | None
+    rerun: float | None
+    match: bool
+
+
+@dataclass
+class RerunReport:
+    """The outcome of :func:`rerun`: every compared value, the weights check and the re-run's final metrics."""
+
+    trial: RecordedTrial
+    comparisons: list[Comparison] = field(default_factory=list)
+    weights_match: bool = False
+    weights_max_abs_diff: float = float("nan")
+    final: dict[str, Any] = field(default_factory=dict)
+    tolerance: float = 0.0
+    timing_keys: set[str] = field(default_factory=set)  # wall-clock values seen in the re-run, not compared
+
+    @property
+    def reproduced(self) -> bool:
+        return self.weights_match and all(c.match for c in self.comparisons)
+
+    @property
+    def mismatches(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.match]
+
+    def format(self) -> str:
+        """A plain-text table: recorded vs re-run for every compared value, then the verdict."""
+        t = self.trial
+        lines = [
+            f"re-ran trial {t.trial_id!r} of sweep {t.sweep!r} (MLflow run {t.run_id} at {t.tracking_uri})",
+            f"{'metric':<36}{'epoch':>6}  {'recorded':>20}  {'re-run':>20}  ",
+        ]
+        for c in self.comparisons:
+            step = "" if c.step is None else str(c.step)
+            lines.append(f"{c.key:<36}{step:>6}  {_fmt(c.recorded):>20}  {_fmt(c.rerun):>20}  "
+                         f"{'ok' if c.match else 'DIFFERS'}")
+        weights = "identical" if self.weights_max_abs_diff == 0 else f"max |diff| {self.weights_max_abs_diff:.3g}"
+        lines.append(f"{'weights (model.pt)':<36}{'':>6}  {'recorded':>20}  {weights:>20}  "
+                     f"{'ok' if self.weights_match else 'DIFFERS'}")
+        if self.timing_keys:
+            lines.append(f"not compared (wall-clock): {', '.join(sorted(self.timing_keys))}")
+        n = len(self.comparisons) + 1
+        if self.reproduced:
+            lines.append(f"reproduced: all {n} values match (tolerance {self.tolerance:g})")
+        else:
+            lines.append(f"NOT reproduced: {len(self.mismatches) + (not self.weights_match)} of {n} values differ "
+                         f"(tolerance {self.tolerance:g})")
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "(not recorded)" if value is None else f"{value:.12g}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):].split("?")[0]) if uri.startswith(prefix) else None
+
+
+def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None) -> RecordedTrial:
+    """Download the record of the finished sweep trial ``run_id`` into ``dst``.
+
+    Raises:
+        RerunError: the store or the run does not exist, the run is not a finished sweep trial, or its ``model``
+            artifacts lack ``params.json`` / ``space.json`` / ``model.pt``. Nothing is written to the store.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from .space import SpaceError, parse_space
+    from .tracking import ROLE, SWEEP, TRIAL, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    allowed = "the run id of a finished sweep trial (tag qshield.role=trial), as shown in the MLflow UI"
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():  # MlflowClient would create an empty store there
+        raise RerunError(f"--tracking-uri={uri!r}: no MLflow store at {str(db)!r}; allowed values: the tracking URI "
+                         f"the sweep logged to (--tracking-uri of `qshield sweep`, or $MLFLOW_TRACKING_URI)")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise RerunError(f"--from-run={run_id!r}: no such MLflow run at {uri} ({exc.error_code}); "
+                         f"allowed values: {allowed}") from None
+    tags = run.data.tags
+    if tags.get(ROLE) != "trial":
+        raise RerunError(f"--from-run={run_id!r} is not a sweep trial (tag {ROLE}={tags.get(ROLE)!r}); "
+                         f"allowed values: {allowed}")
+    if run.info.status != "FINISHED" or tags.get("qshield.final") != "true":
+        raise RerunError(f"--from-run={run_id!r}: trial {tags.get(TRIAL)!r} did not finish (status "
+                         f"{run.info.status}); only finished trials record their model directory; "
+                         f"allowed values: {allowed}")
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
+                                                         dst_path=str(dst), tracking_uri=uri))
+    except (MlflowException, OSError) as exc:
+        raise RerunError(f"--from-run={run_id!r}: cannot download its {MODEL_ARTIFACT!r} artifacts: {exc}") from None
+    missing = [name for name in _RECORD_FILES if not (local / name).is_file()]
+    if missing:
+        raise RerunError(f"--from-run={run_id!r}: artifacts {MODEL_ARTIFACT}/ lack {', '.join(missing)}; "
+                         f"the trial was not recorded by a qshield sweep")
+    try:
+        params = json.loads((local / "params.json").read_text())
+        space = parse_space(json.loads((local / "space.json").read_text()), source=f"{run_id}:model/space.json")
+    except (json.JSONDecodeError, SpaceError) as exc:
+        raise RerunError(f"--from-run={run_id!r}: unreadable record: {exc}") from None
+    if not isinstance(params, dict):
+        raise RerunError(f"--from-run={run_id!r}: model/params.json is not a mapping of parameters")
+    final: dict[str, float] = {}
+    if (local / "metrics.json").is_file():
+        final = _numeric(json.loads((local / "metrics.json").read_text()))
+    history: dict[str, dict[int, float]] = {}
+    for key in run.data.metrics:
+        points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        history[key] = {int(m.step): float(m.value) for m in points}
+    return RecordedTrial(run_id, uri, tags.get(SWEEP, "?"), tags.get(TRIAL, "?"), params, space, local, final,
+                         history)
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def _same(a: float | None, b: float | None, tolerance: float) -> bool:
+    if a is None or b is None:
+        return False
+    return a == b or abs(a - b) <= tolerance
+
+
+def rerun(
+    trial: RecordedTrial,
+    *,
+    tolerance: float = 0.0,
+    threads: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> RerunReport:
+    """Train and attack ``trial`` again from scratch and compare with what was recorded.
+
+    Args:
+        trial: from :func:`fetch_trial`.
+        tolerance: largest accepted absolute difference per value and per weight (default 0: bit-identical).
+        threads: torch CPU threads during the re-run (default: the trial's ``resources.cpus``, as the Ray
+            trainable sets them); the previous setting is restored afterwards.
+        out: also write the re-run model file (``save_model`` format) here.
+        progress: tqdm progress bars.
+    """
+    import torch
+
+    from qshield.models import load_model
+
+    from .trial import MODEL_FILE, run_trial
+
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance={tolerance!r} is invalid; allowed values: a finite number >= 0")
+    epoch_rows: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rerun_model = Path(tmp) / MODEL_FILE
+
+        def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            if metrics.get("final"):
+                if checkpoint_dir is not None:
+                    shutil.copy(Path(checkpoint_dir) / "model" / MODEL_FILE, rerun_model)
+            else:
+                epoch_rows[int(metrics["epoch"])] = _numeric(metrics)
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or max(1, int(trial.space.resources.cpus)))
+        try:
+            final = run_trial(trial.params, trial.space, report, progress=progress)
+        finally:
+            torch.set_num_threads(before)
+        recorded_model, _ = load_model(trial.model_dir / MODEL_FILE)
+        new_model, new_config = load_model(rerun_model)
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(rerun_model, out)
+    report_ = RerunReport(trial, final=final, tolerance=float(tolerance))
+    report_.weights_max_abs_diff, report_.weights_match = _compare_weights(recorded_model, new_model, tolerance)
+
+    report_.timing_keys = {k for row in [final, *epoch_rows.values()] for k in row if is_timing_key(k)}
+    for epoch in sorted(epoch_rows):
+        for key, value in epoch_rows[epoch].items():
+            if key == "epoch" or is_timing_key(key):
+                continue
+            recorded = trial.history.get(key, {}).get(epoch)
+            report_.comparisons.append(Comparison(key, epoch, recorded, value, _same(recorded, value, tolerance)))
+    for key, value in _numeric(final).items():
+        if key == "final" or is_timing_key(key):
+            continue
+        recorded = trial.final_metrics.get(key)
+        logged = trial.history.get(key)
+        if logged:  # what MLflow holds (the value the sweep and the registry used) must agree as well
+            step = max(logged)
+            recorded_logged = logged[step]
+            if recorded is not None and not _same(recorded, recorded_logged, 0.0):
+                report_.comparisons.append(Comparison(f"{key} (metrics.json vs MLflow)", None, recorded,
+                                                      recorded_logged, False))
+            recorded = recorded_logged
+        report_.comparisons.append(Comparison(key, None, recorded, value, _same(recorded, value, tolerance)))
+    return report_
+
+
+def _compare_weights(a: Any, b: Any, tolerance: float) -> tuple[float, bool]:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return float("inf"), False
+    worst = 0.0
+    for key in sa:
+        x, y = sa[key], sb[key]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return float("inf"), False
+        if not torch.equal(x, y):
+            worst = max(worst, float((x.double() - y.double()).abs().max()))
+    return worst, worst <= tolerance
+
+
+def rerun_from_run(
+    run_id: str,
+    *,
+    tracking_uri: str | None = None,
+    tolerance: float = 0.0,
+    threads: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> RerunReport:
+    """:func:`fetch_trial` into a temporary directory, then :func:`rerun`."""
+    with tempfile.TemporaryDirectory(prefix="qshield-rerun-") as tmp:
+        trial = fetch_trial(run_id, tmp, tracking_uri=tracking_uri)
+        return rerun(trial, tolerance=tolerance, threads=threads, out=out, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------- command line
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; allowed values: a number >= 0") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed values: a number >= 0")
+    return value
+
+
+def add_from_run_arguments(train_parser: argparse.ArgumentParser) -> None:
+    """Give the library's ``qshield train`` parser ``--from-run RUN_ID`` (plus ``--tracking-uri``, ``--tolerance``).
+
+    With ``--from-run`` the trial's recorded parameters are used, so the library's required options
+    (``--dataset``, ``--out``) become optional and every other model/data/training option is refused; without
+    it, ``qshield train`` behaves exactly as before (the required options are checked here instead of by
+    argparse, with argparse's message and exit status 2).
+    """
+    group = train_parser.add_argument_group("re-run a recorded sweep trial (reads MLflow)")
+    group.add_argument("--from-run", metavar="RUN_ID",
+                       help="re-run this MLflow trial run exactly from its recorded params.json/space.json, print "
+                       "recorded vs re-run metrics, exit 1 if they differ (--out: also write the re-run model)")
+    group.add_argument("--tracking-uri", metavar="URI",
+                       help="with --from-run: MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    group.add_argument("--tolerance", type=_non_negative, default=0.0,
+                       help="with --from-run: largest accepted absolute difference (default: 0, bit-identical)")
+    required = [a for a in train_parser._actions if a.required]
+    for action in required:
+        action.required = False
+        action.help = f"{action.help} (required unless --from-run)"
+    library_train = train_parser.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.from_run is None:
+            for name in ("tracking_uri",):
+                if getattr(args, name) is not None:
+                    train_parser.error(f"argument --{name.replace('_', '-')}: only with --from-run")
+            if args.tolerance != 0.0:
+                train_parser.error("argument --tolerance: only with --from-run")
+            absent = [a.option_strings[0] for a in required if getattr(args, a.dest) is None]
+            if absent:
+                train_parser.error(f"the following arguments are required: {', '.join(absent)}")
+            return int(library_train(args))
+        return _run_from_run(train_parser, args)
+
+    train_parser.set_defaults(func=run)
+
+
+def _run_from_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    clashes = [a.option_strings[0] for a in parser._actions
+               if a.dest not in _COMPATIBLE and a.option_strings and getattr(args, a.dest, a.default) != a.default]
+    if clashes:
+        parser.error(f"argument --from-run: cannot be combined with {', '.join(clashes)}; the trial's recorded "
+                     f"parameters are used (allowed with it: --tracking-uri, --tolerance, --out, --threads, "
+                     f"--no-progress, --verbose)")
+    if args.device != "cpu":
+        parser.error(f"argument --device: {args.device!r} with --from-run; allowed values: 'cpu' (sweep trials "
+                     f"train on the CPU, and the re-run must do the same)")
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"argument --out: {str(args.out)!r} is a directory; allowed values: a file path")
+
+    from qshield.data import DatasetFormatError, DatasetNotFoundError
+
+    if args.no_progress:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # this command's own process only
+    try:
+        result = rerun_from_run(args.from_run, tracking_uri=args.tracking_uri, tolerance=args.tolerance,
+                                threads=args.threads, out=args.out, progress=not args.no_progress)
+    except RerunError as exc:
+        parser.error(str(exc))
+    except (DatasetNotFoundError, DatasetFormatError) as exc:
+        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
+        return 1
+    sys.stdout.write(result.format() + "\n")
+    if args.out is not None:
+        sys.stdout.write(f"wrote the re-run model to {args.out}\n")
+    return 0 if result.reproduced else 1
