@@ -142,7 +142,11 @@ class ArraySplit(RawSplit):
             finite = np.isfinite(images)
             if not finite.all():
                 n_bad = int(images.size - np.count_nonzero(finite))
-                raise DatasetFormatError(source, f"images contain {n_bad} non-finite pixel value(s) (NaN or inf)")
+                raise DatasetFormatError(
+                    source,
+                    f"images contain {n_bad} non-finite pixel value(s) (NaN or inf); allowed: finite values in "
+                    f"[0, {max_value:g}]",
+                )
         if images.size and not (images.dtype == np.uint8 and max_value == 255):
             lo, hi = float(images.min()), float(images.max())
             if lo < 0 or hi > max_value:

@@ -112,7 +112,9 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFormatError(path, f"'data' has shape {data.shape}; expected [n, 3072] (3x32x32 per row)")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise DatasetFormatError(path, f"'data' contains {n_bad} non-finite pixel value(s) (NaN or inf)")
+        raise DatasetFormatError(
+            path, f"'data' contains {n_bad} non-finite pixel value(s) (NaN or inf); allowed: finite values in [0, 255]"
+        )
     labels = check_labels(entry["labels"], len(CIFAR10_CLASSES), path)
     if labels.shape[0] != data.shape[0]:
         raise DatasetFormatError(path, f"'data' holds {data.shape[0]} images but 'labels' has {labels.shape[0]}")
