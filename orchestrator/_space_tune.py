@@ -83,10 +83,9 @@ def make_search_alg(space: SweepSpace) -> Searcher:
     The search space itself comes from the Tuner's ``param_space`` (:func:`to_tune_param_space`).
     """
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     directions = space.directions()
-    searcher = OptunaSearch(
+    searcher = _searcher_class()(
         metric=list(directions),
         mode=list(directions.values()),
         sampler=make_sampler(space),
@@ -95,6 +94,22 @@ def make_search_alg(space: SweepSpace) -> Searcher:
     if space.max_concurrent is not None:
         return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
     return searcher
+
+
+def _searcher_class() -> type:
+    """``OptunaSearch`` that records a trial without all objectives (stopped early by the scheduler: its last
+    result has training metrics only) as PRUNED instead of handing Optuna a list of Nones, which Optuna refuses and
+    which would leave the study's trial RUNNING forever."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class MultiObjectiveOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            if result and any(result.get(m) is None for m in metrics):
+                result = None
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    return MultiObjectiveOptunaSearch
 
 
 def make_scheduler(space: SweepSpace) -> TrialScheduler | None:

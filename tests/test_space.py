@@ -488,3 +488,23 @@ def test_docs_example_is_valid_and_docs_cover_every_key():
     assert space.parameters.n_qubits == IntRange(2, 6)
     for key in list(SweepSpace.model_fields) + list(PARAMETERS):
         assert f"`{key}`" in text, key
+
+
+def test_search_alg_records_a_trial_stopped_before_its_objectives_as_pruned():
+    import optuna
+
+    from orchestrator.space import load_space, make_search_alg
+
+    space = load_space(ROOT / "search_spaces" / "mnist5k-demo.yaml").replace(max_concurrent=None)
+    from orchestrator.space import to_tune_param_space
+
+    searcher = make_search_alg(space)
+
+    searcher.set_search_properties(None, None, to_tune_param_space(space))
+    searcher.suggest("a")
+    searcher.suggest("b")
+    # "a" stopped early: its last result has training metrics only; "b" finished with every objective
+    searcher.on_trial_complete("a", result={"val_accuracy": 0.4, "epoch": 1})
+    searcher.on_trial_complete("b", result={"accuracy": 0.9, "asr": 0.3, "adversary_cost": 20.0})
+    states = [t.state for t in searcher._ot_study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
