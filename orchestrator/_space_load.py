@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ._space_model import SweepSpace
 
@@ -139,6 +140,9 @@ def _problem(err: Mapping[str, Any], root: yaml.Node | None) -> Problem:
         value, message = _NO_VALUE, "required key is missing"
     else:
         value, message = err.get("input", _NO_VALUE), _plain_message(err)
+        hint = _allowed_hint(parts)
+        if hint and "allowed" not in message:
+            message = f"{message}; allowed: {hint}"
     path = _format_path(parts)
     line = _line_of(root, parts) if root is not None else None
     return Problem(path, message, value, line)
@@ -152,6 +156,53 @@ def _plain_message(err: Mapping[str, Any]) -> str:
     if msg.startswith("Input should be "):
         return "must be " + msg[len("Input should be ") :]
     return msg
+
+
+def _allowed_hint(parts: Sequence[str | int]) -> str | None:
+    """What a plain-typed field of the schema accepts, e.g. ``an integer >= 0`` or ``an integer >= 1, or null``.
+
+    Found by walking the pydantic models along ``parts``; None where the path leaves them (domains, mappings).
+    """
+    model: Any = SweepSpace
+    leaf: tuple[Any, list[Any], bool] | None = None
+    for part in parts:
+        if not (isinstance(part, str) and isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        leaf = _unwrap(info.annotation, list(info.metadata))
+        model = leaf[0]
+    if leaf is None:
+        return None
+    annotation, metadata, nullable = leaf
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation)
+    if kind is None:
+        return None
+    bounds = []
+    for item in metadata:
+        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(item, attr, None) is not None:
+                bounds.append(f"{op} {getattr(item, attr)}")
+    text = " ".join([kind, " and ".join(bounds)]).strip()
+    return f"{text}, or null" if nullable else text
+
+
+def _unwrap(annotation: Any, metadata: list[Any]) -> tuple[Any, list[Any], bool]:
+    """``X | None`` and ``Annotated[X, ...]`` -> (X, constraints, whether null is allowed)."""
+    nullable = False
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        nullable = len(args) < len(get_args(annotation))
+        if len(args) != 1:
+            return None, metadata, nullable
+        annotation = args[0]
+    if get_origin(annotation) is Annotated:
+        base, *extra = get_args(annotation)
+        for item in extra:
+            metadata.extend(getattr(item, "metadata", [item]))
+        annotation = base
+    return annotation, metadata, nullable
 
 
 def _format_path(parts: Sequence[str | int]) -> str:
