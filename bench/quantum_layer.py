@@ -92,7 +92,7 @@ def run(repeats: int, device: str, peer_repeats: int) -> list[dict]:
             err = (out - outputs["torch"]).abs().max().item()
             if err > 1e-4:
                 raise RuntimeError(f"{backend} disagrees with torch by {err:.2e} on {case['label']}")
-        rows.append(dict(case=case, per_sample=results, torch_paths=paths))
+        rows.append({"case": case, "per_sample": results, "torch_paths": paths})
         print(f"{case['label']}: " + ", ".join(f"{b} {t * 1e6:.1f} us/sample" for b, t in results.items()), flush=True)
         chosen = ref.backend.choose_method(case["batch"]).value
         print(

@@ -49,17 +49,35 @@ def _inputs(n: int, depth: int, batch: int, seed: int) -> tuple[torch.Tensor, to
 
 def _reference(x: torch.Tensor, w: torch.Tensor | None, spec: CircuitSpec) -> np.ndarray:
     weights = w.numpy() if w is not None else np.zeros(spec.weight_shape)
-    return np.stack([
-        _qref.simulate(xi.numpy(), weights, n=spec.n_qubits, depth=spec.depth, ent=spec.entanglement.value,
-                       noise=spec.noise.value, p=spec.noise_strength, readout=0.0,
-                       measurement=spec.measurement.value, trainable=spec.trainable)
-        for xi in x
-    ])
+    return np.stack(
+        [
+            _qref.simulate(
+                xi.numpy(),
+                weights,
+                n=spec.n_qubits,
+                depth=spec.depth,
+                ent=spec.entanglement.value,
+                noise=spec.noise.value,
+                p=spec.noise_strength,
+                readout=0.0,
+                measurement=spec.measurement.value,
+                trainable=spec.trainable,
+            )
+            for xi in x
+        ]
+    )
 
 
 CONFIGS = [
-    dict(n_qubits=n, depth=depth, entanglement=ent, noise=noise, noise_strength=0.09, measurement=meas,
-         trainable=trainable)
+    {
+        "n_qubits": n,
+        "depth": depth,
+        "entanglement": ent,
+        "noise": noise,
+        "noise_strength": 0.09,
+        "measurement": meas,
+        "trainable": trainable,
+    }
     for (n, depth, ent), noise, meas, trainable in itertools.product(
         [(2, 1, "linear"), (3, 3, "ring"), (4, 2, "full"), (4, 1, "none"), (5, 2, "brick")],
         ["none", "mixed", "amplitude_damping"],
@@ -104,11 +122,24 @@ def test_grouping_does_not_change_any_path(method, group_size):
 @pytest.mark.parametrize(
     "config",
     [
-        dict(n_qubits=2, depth=3, entanglement="ring", noise="none", measurement="probs"),
-        dict(n_qubits=3, depth=2, entanglement="full", noise="none", measurement="expval"),
-        dict(n_qubits=2, depth=2, entanglement="linear", noise="mixed", noise_strength=0.1, measurement="probs"),
-        dict(n_qubits=3, depth=2, entanglement="star", noise="amplitude_damping", noise_strength=0.2,
-             measurement="expval"),
+        {"n_qubits": 2, "depth": 3, "entanglement": "ring", "noise": "none", "measurement": "probs"},
+        {"n_qubits": 3, "depth": 2, "entanglement": "full", "noise": "none", "measurement": "expval"},
+        {
+            "n_qubits": 2,
+            "depth": 2,
+            "entanglement": "linear",
+            "noise": "mixed",
+            "noise_strength": 0.1,
+            "measurement": "probs",
+        },
+        {
+            "n_qubits": 3,
+            "depth": 2,
+            "entanglement": "star",
+            "noise": "amplitude_damping",
+            "noise_strength": 0.2,
+            "measurement": "expval",
+        },
     ],
     ids=["sv-probs", "sv-expval", "dm-probs", "dm-expval"],
 )
@@ -177,8 +208,10 @@ def test_rotation_ptms_and_encodings_match_the_unitaries():
     angles = _inputs(1, 1, batch=7, seed=5)[0].reshape(7, 3)
     u = euler_unitaries(angles).numpy()  # [7, 2, 2]
     for k in range(7):
-        expected_u = _qref.rot("z", angles[k, 2].item()) @ _qref.rot("y", angles[k, 1].item()) @ _qref.rot(
-            "x", angles[k, 0].item()
+        expected_u = (
+            _qref.rot("z", angles[k, 2].item())
+            @ _qref.rot("y", angles[k, 1].item())
+            @ _qref.rot("x", angles[k, 0].item())
         )
         np.testing.assert_allclose(u[k], expected_u, atol=1e-12)
         ptm = np.array([[np.trace(_P[i] @ u[k] @ _P[j] @ u[k].conj().T).real / 2 for j in range(4)] for i in range(4)])
@@ -256,11 +289,17 @@ def test_forced_heisenberg_too_large_is_refused_before_any_compute():
 @pytest.mark.parametrize(
     "config",
     [
-        dict(n_qubits=4, depth=1, entanglement="full", noise="mixed", noise_strength=0.005),
-        dict(n_qubits=4, depth=3, entanglement="ring", noise="depolarizing", noise_strength=0.01,
-             measurement="expval"),
-        dict(n_qubits=10, depth=4, entanglement="ring"),
-        dict(n_qubits=3, depth=2, entanglement="linear", trainable=False),
+        {"n_qubits": 4, "depth": 1, "entanglement": "full", "noise": "mixed", "noise_strength": 0.005},
+        {
+            "n_qubits": 4,
+            "depth": 3,
+            "entanglement": "ring",
+            "noise": "depolarizing",
+            "noise_strength": 0.01,
+            "measurement": "expval",
+        },
+        {"n_qubits": 10, "depth": 4, "entanglement": "ring"},
+        {"n_qubits": 3, "depth": 2, "entanglement": "linear", "trainable": False},
     ],
 )
 def test_auto_takes_the_cheaper_estimate(config):
@@ -271,7 +310,7 @@ def test_auto_takes_the_cheaper_estimate(config):
         assert backend.choose_method(batch).value == cheaper
     # the Heisenberg path's batch-independent part is shared: its cost per extra sample is the contraction only
     c1, c2 = backend.estimated_cost(1000), backend.estimated_cost(2000)
-    d = backend.local_dim ** backend.spec.n_qubits
+    d = backend.local_dim**backend.spec.n_qubits
     assert c2["heisenberg"] - c1["heisenberg"] == 1000 * (d + d * backend.heisenberg_rows)
 
 

@@ -1,31 +1,35 @@
 """Batched torch simulator: statevector (noiseless) and Pauli-basis density matrix (noisy), CPU or CUDA.
 
 Everything is ordinary torch autograd (float32 or float64, CPU or CUDA): no per-sample Python loop, nothing
-detached, differentiable w.r.t. the input angles and the weights.
+detached, differentiable (also twice) w.r.t. the input angles and the weights.
 
 Representations
 
 * **noiseless**: a complex statevector ``psi [B, 2^n]`` (wire 0 = most significant bit);
 * **noisy**: the density matrix in the **Pauli basis**, ``c[s] = Tr(P_s rho)`` for the ``4^n`` Pauli strings
   ``P_s`` (per wire ``I, X, Y, Z`` = digit 0..3, wire 0 most significant), i.e. ``rho = 2^-n sum_s c_s P_s``.
-  This is a real "state with local dimension 4": a single-qubit unitary or channel acts on one wire's digit as
-  its real 4x4 Pauli transfer matrix (PTM) ``R[i, j] = Tr(P_i Phi(P_j)) / 2``; a rotation is
-  ``diag(1, SO(3))``, so all the arithmetic is real. A CNOT maps Pauli strings to Pauli strings up to a sign
-  (a precomputed signed permutation); ``p_k = prod_q (c-contraction with [1, 0, 0, +-1] / 2)``; ``<Z_q>`` is
-  one coefficient.
+  This is a real "state with local dimension 4" (the interleaved (row, column) vectorisation of ``rho`` followed
+  by a fixed per-wire change of basis): a single-qubit unitary or channel acts on one wire's digit as its real
+  4x4 Pauli transfer matrix (PTM) ``R[i, j] = Tr(P_i Phi(P_j)) / 2``; a rotation's PTM is ``diag(1, SO(3))``,
+  so all the arithmetic is real. A product state is the Kronecker product of the per-qubit ``(1, Bloch
+  vector)``. A CNOT maps Pauli strings to Pauli strings up to a sign: a precomputed signed permutation.
+  Measurement: ``p_k = 2^-n sum_s c_s prod_q m[k_q, s_q]`` with ``m = [[1, 0, 0, 1], [1, 0, 0, -1]]`` (a
+  per-wire ``2 x 4`` map); ``<Z_q> = c[Z on q, I elsewhere]``.
 
 How it is fast
 
-* the encoding is a product state in closed form: per qubit the Bloch vector (noisy) or the two amplitudes
-  (noiseless) of ``RZ RY RX |0>``; the first layer's trainable rotations act on that product state qubit by
-  qubit, before the product is formed (they cost nothing per basis state);
+* the encoding is a product state in closed form: per qubit the two amplitudes (noiseless) or the Bloch vector
+  (noisy) of ``RZ RY RX |0>``; the first layer's trainable rotations act on those per-qubit factors before the
+  product is formed (they cost nothing per basis state); the product is built as a balanced tree;
 * every per-qubit operation is applied to groups of wires as Kronecker blocks of at most ``2^group_size`` rows
-  (``group_size`` wires of a statevector, ``group_size // 2`` wires of a Pauli-basis density matrix); a block
-  acts on the *trailing* wires as one GEMM ``state.reshape(-1, d) @ M.T`` and the wire order is then rotated
-  (one transpose) so the next block's wires become trailing; after a full cycle the order is restored;
+  (``group_size`` wires of a statevector, ``group_size // 2`` wires of a Pauli-basis density matrix; default
+  ``group_size=5``); a block acts on the *trailing* wires as one GEMM ``state.reshape(-1, d) @ M.T`` and the
+  wire order is then rotated (one transpose) so the next block's wires become trailing; after a full cycle the
+  order is restored, except that the last rotation is folded into the following CNOT gather;
 * the noise of layer ``l`` and the rotations of layer ``l + 1`` are adjacent: one merged PTM per qubit; the last
-  layer's noise is merged into the measurement;
-* a CNOT pattern is one gather (a permutation of basis states, or a signed permutation of Pauli strings).
+  layer's noise is merged into the measurement map;
+* a CNOT pattern is one gather whose backward is the inverse gather (no scatter-add); the last one of a
+  noiseless circuit is applied to the real probabilities (or folded into the ``Z`` signs for ``expval``).
 
 Two ways to evaluate (option ``method``)
 
@@ -33,13 +37,14 @@ Two ways to evaluate (option ``method``)
 * ``heisenberg``: the weights are shared by the batch, so everything after the (per-sample) encoding is built
   once per call and contracted with the encoded product states. Noisy: the ``K`` measured observables (``2^n``
   projectors for ``probs``, ``n`` ``Z_q`` for ``expval``) are propagated backwards through the adjoint layers
-  (a ``[K, 4^n]`` matrix: adjoint PTMs are transposes, the adjoint of a signed permutation is its inverse), then
-  ``out = c_1 @ O.T`` with ``c_1`` the encoded product state. Noiseless: the layer unitary ``T [2^n, 2^n]``
-  (after the first layer's rotations) is built by propagating the basis states, then ``psi = psi_1 @ T``.
-  Cost independent of ``B`` plus one ``B x D x K`` contraction.
-* ``auto`` (default): per call, the path with the smaller estimated number of multiply-adds (see
-  :meth:`TorchBackend.estimated_cost`): roughly, ``heisenberg`` wins when the batch is larger than the number
-  of propagated rows (``K`` or ``2^n``) and there is enough circuit after the first layer to share.
+  (a ``[K, 4^n]`` matrix; the adjoint of a PTM is its transpose, the adjoint of a signed permutation is its
+  inverse; the last layer's noise and CNOTs are weight-free, so that part is a constant), then
+  ``out = c_1 @ O.T`` with ``c_1`` the encoded product state. Noiseless: the unitary ``T [2^n, 2^n]`` of the
+  circuit after the first layer's rotations is built by propagating the ``2^n`` basis states, then
+  ``psi = psi_1 @ T``. Cost independent of ``B`` plus one ``B x D x K`` contraction.
+* ``auto`` (default): per call, the path with the smaller estimated number of multiply-adds
+  (:meth:`TorchBackend.estimated_cost`): roughly, ``heisenberg`` wins when the batch is larger than the number
+  of propagated rows (``K`` or ``2^n``), e.g. small noisy circuits at training batch sizes.
 """
 
 from __future__ import annotations
@@ -55,12 +60,10 @@ from ._base import Backend
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 #: Heisenberg matrices larger than this many entries are refused when the method is forced (``auto`` never
-#: picks such a path): 2^28 entries are 2 GiB in float64.
+#: picks such a path): 2^28 entries are 2 GiB in float64, 4 GiB in complex128.
 MAX_HEISENBERG_ENTRIES = 2**28
 
-_PAULIS = np.array(
-    [[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128
-)
+_PAULIS = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)
 
 
 class Method(_Choice):
@@ -298,9 +301,10 @@ class TorchBackend(Backend):
     """Exact batched simulation in torch (see the module docstring for the representations and the paths).
 
     Options:
-        group_size: log2 of the largest Kronecker block applied as one GEMM (default 4): blocks of up to
-            ``group_size`` wires of a statevector, ``max(1, group_size // 2)`` wires of a Pauli-basis density
-            matrix (both 16x16 by default). Results do not depend on it.
+        group_size: log2 of the largest Kronecker block applied as one GEMM (default 5): blocks of up to
+            ``group_size`` wires of a statevector (32x32 by default), ``max(1, group_size // 2)`` wires of a
+            Pauli-basis density matrix (16x16 by default); the wires are split into the fewest such groups, of
+            balanced sizes. Results do not depend on it.
         method: ``"auto"`` (default), ``"schrodinger"`` or ``"heisenberg"`` (see the module docstring and
             :meth:`estimated_cost`). A forced ``"heisenberg"`` whose propagated matrix would have more than
             ``MAX_HEISENBERG_ENTRIES`` entries is refused; ``"auto"`` never picks it.
@@ -312,7 +316,7 @@ class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     supports_cuda: ClassVar[bool] = True
 
-    def __init__(self, spec: CircuitSpec, group_size: int = 4, method: str | Method = "auto") -> None:
+    def __init__(self, spec: CircuitSpec, group_size: int = 5, method: str | Method = "auto") -> None:
         super().__init__(spec)
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size={group_size!r} must be an integer >= 1")
@@ -498,7 +502,6 @@ class TorchBackend(Backend):
     def _run_noiseless(
         self, x: torch.Tensor, weights: torch.Tensor | None, c: dict[str, torch.Tensor], method: Method
     ) -> torch.Tensor:
-        depth = self.spec.depth
         vecs = encoded_amplitudes(x)  # [B, n, 2]
         layer_u = euler_unitaries(weights) if weights is not None else None  # [depth, n, 2, 2]
         if layer_u is not None:
