@@ -1,0 +1,557 @@
+"""End-to-end sweep tests with real parts: Ray (local, ``ray start`` + ``ray job submit``, a two-node
+``ray.cluster_utils.Cluster``), Tune + Optuna, a sqlite MLflow store and its model registry, on sklearn digits.
+
+Every sweep is the tiny one of :func:`tiny_space` (digits 8x8, 200 training / 60 test images, one or two epochs
+of a hybrid small CNN + 2-4 qubits, FGSM + 3-step PGD on 16 images); the assertions are on what the real
+components recorded, checked against independent computations (dominance by hand, accuracy recomputed from the
+logged weights, the attack table against the logged metrics).
+
+Ray processes are ended by process id only (the ``ray start --block`` process and the descendants recorded
+before it was stopped), never with ``ray stop``, which would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+from mlflow import MlflowClient  # noqa: E402
+
+from orchestrator.registry import CHAMPION, select_champion  # noqa: E402
+from orchestrator.space import SweepSpace, parse_space  # noqa: E402
+from orchestrator.sweep import SweepResult, run_sweep  # noqa: E402
+from orchestrator.tracking import PARENT, ROLE, SWEEP, TRIAL  # noqa: E402
+from qshield.data import load_dataset  # noqa: E402
+from qshield.models import load_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EXPERIMENT = "qshield-test"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tiny sweep
+
+
+def tiny_space(name: str, **changes: Any) -> dict[str, Any]:
+    """A sweep small enough for a 2-core machine: a few seconds of compute per trial."""
+    space: dict[str, Any] = {
+        "name": name,
+        "dataset": "digits",
+        "limit_train": 200,
+        "limit_test": 60,
+        "seed": 0,
+        "parameters": {
+            "arch": "hybrid",
+            "backbone": "cnn",
+            "n_qubits": {"int": [2, 4]},
+            "depth": 1,
+            "measurement": "expval",  # 2-3 qubits have fewer than 10 basis states: a linear head on <Z>
+            "entanglement": {"choice": ["none", "linear"]},
+            "lr": {"loguniform": [3.0e-3, 3.0e-2]},
+            "epochs": 1,
+            "batch_size": 16,
+        },
+        "attacks": {
+            "names": ["fgsm", "pgd"],
+            "n_eval": 16,
+            "batch_size": 16,
+            "diagnostics": False,
+            "settings": {"pgd": {"steps": 3, "alpha": "4/255"}},
+        },
+        "objectives": {"accuracy": "max", "asr": "min", "adversary_cost": "max"},
+        "resources": {"cpus": 1, "gpus": 0},
+        "num_samples": 2,
+        "max_concurrent": 2,
+        "search": {"algorithm": "tpe", "n_startup_trials": 3},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(space.get(key), dict):
+            space[key] = {**space[key], **value}
+        else:
+            space[key] = value
+    return space
+
+
+def build(space: dict[str, Any]) -> SweepSpace:
+    return parse_space(space, source="<test>")
+
+
+def write_space(path: Path, space: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A private working directory, sqlite MLflow store and Tune storage; no inherited cluster address.
+
+    ``run_sweep`` sets ``TUNE_DISABLE_STRICT_METRIC_CHECKING`` in ``os.environ``; setting it here first makes
+    monkeypatch restore the previous state afterwards.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    return {"tmp": tmp_path, "uri": uri, "storage": tmp_path / "ray_results"}
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left() -> Iterator[None]:
+    """Disconnect from (and stop, if this process started it) any Ray after each test."""
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers: MLflow, Tune files, processes
+
+
+def runs_of(uri: str, sweep: str) -> tuple[list[Any], list[Any]]:
+    """(parent runs, trial runs) of ``sweep`` in the test experiment, found by tags."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return [], []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP}` = '{sweep}'", max_results=1000)
+    return ([r for r in runs if r.data.tags.get(ROLE) == "sweep"], [r for r in runs if r.data.tags.get(ROLE) == "trial"])
+
+
+def dominates(a: dict[str, float], b: dict[str, float], directions: dict[str, str]) -> bool:
+    """``a`` is at least as good as ``b`` on every objective and strictly better on one."""
+    better = [(a[k] > b[k]) if d == "max" else (a[k] < b[k]) for k, d in directions.items()]
+    worse = [(a[k] < b[k]) if d == "max" else (a[k] > b[k]) for k, d in directions.items()]
+    return any(better) and not any(worse)
+
+
+def hand_front(points: list[dict[str, float]], directions: dict[str, str]) -> set[int]:
+    return {i for i, p in enumerate(points) if not any(dominates(q, p, directions) for q in points)}
+
+
+def tune_trial_states(exp_dir: Path) -> dict[str, str]:
+    """``{trial_id: status}`` from the newest experiment-state file the Tune driver has written (empty if none)."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):  # written while we read: try again next poll
+        return {}
+    out = {}
+    for trial_json, _meta in data["trial_data"]:
+        trial = json.loads(trial_json)
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+def result_rows(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """``{trial_id: [result rows]}`` from the trials' ``result.json`` files (one JSON object per report)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for path in exp_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """``{pid: (ppid, start time)}`` from /proc (Linux)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """``{pid: start time}`` of every live descendant of ``pid``."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    out, todo = {}, list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out[p] = table[p][1]
+        todo.extend(children.get(p, []))
+    return out
+
+
+def kill_recorded(procs: dict[int, str], timeout: float = 30.0) -> None:
+    """SIGKILL the recorded processes that are still the same processes (pid and start time); wait for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        table = _proc_table()
+        alive = [p for p, start in procs.items() if p in table and table[p][1] == start]
+        if not alive:
+            return
+        for p in alive:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {alive} survived SIGKILL")
+        time.sleep(0.2)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (a) local Ray -> sqlite MLflow -> registry
+
+
+def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: dict[str, Any]) -> None:
+    space = build(tiny_space("local", num_samples=3, parameters={"epochs": 2},
+                             attacks={"diagnostics": True}))
+    result = run_sweep(space, storage_path=str(env["storage"]), tracking_uri=env["uri"], experiment=EXPERIMENT,
+                       num_cpus=2, verbose=0)
+
+    assert isinstance(result, SweepResult)
+    assert [t.status for t in result.trials] == ["finished"] * 3, [t.error for t in result.trials]
+    by_id = {t.trial_id: t for t in result.trials}
+    assert len(by_id) == 3
+
+    # --- MLflow: one parent, one nested run per trial, found by tags
+    client = MlflowClient(env["uri"])
+    parents, trials = runs_of(env["uri"], "local")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_id == result.parent_run_id
+    assert parent.info.status == "FINISHED"
+    assert json.loads(parent.data.tags["qshield.objectives"]) == space.directions()
+    assert parent.data.metrics["trials_finished"] == 3
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.png", "trials.json"}
+    assert sorted(r.data.tags[TRIAL] for r in trials) == sorted(by_id)
+    for run in trials:
+        trial = by_id[run.data.tags[TRIAL]]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[PARENT] == parent.info.run_id
+        assert run.data.tags["qshield.final"] == "true"
+        assert run.data.tags["qshield.git_sha"]
+        assert run.data.tags["version.ray"] == ray.__version__
+        # params: the sampled Tune config, every parameter of the space
+        assert run.data.params == {k: str(v) for k, v in trial.config.items()}
+        # per-epoch metrics: one point per epoch, at step = epoch
+        for key in ("train_loss", "val_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
+        # final metrics equal what Tune recorded
+        for key in ("accuracy", "asr", "robust_accuracy", "adversary_cost"):
+            assert run.data.metrics[key] == pytest.approx(trial.metrics[key], abs=1e-12)
+        # masking diagnostics (on in this sweep): flags as metrics and the report as an artifact
+        assert any(k.startswith("masking/") for k in run.data.metrics)
+        assert run.data.tags["qshield.trustworthy"] == str(bool(trial.metrics["trustworthy"])).lower()
+        paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"attacks.json", "masking_diagnostics.json", "model"} <= paths
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
+            "model/model.pt", "model/params.json", "model/space.json", "model/metrics.json"}
+
+    # --- the attack table agrees with the per-attack metrics; the logged weights reproduce the accuracy
+    run = trials[0]
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(env["tmp"] / "dl"),
+                                                     tracking_uri=env["uri"]))
+    table = json.loads((local / "attacks.json").read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["attack"] for r in rows] == ["fgsm", "pgd"]
+    for r in rows:
+        assert r["asr"] == pytest.approx(run.data.metrics[f"attack/{r['attack']}/asr"], abs=1e-12)
+    model, _ = load_model(local / "model" / "model.pt")
+    bundle = load_dataset("digits", seed=0, limit_train=200, limit_test=60, progress=False)
+    x, y = bundle.test.tensors
+    with torch.no_grad():
+        recomputed = int((model(x).argmax(dim=1) == y).sum()) / len(y)
+    assert recomputed == pytest.approx(run.data.metrics["accuracy"], abs=1e-9)
+    assert json.loads((local / "model" / "params.json").read_text()) == by_id[run.data.tags[TRIAL]].config
+
+    # --- Pareto front and knee against dominance worked out by hand
+    done = result.finished()
+    points = [{k: float(t.metrics[k]) for k in space.directions()} for t in done]
+    assert set(result.front) == hand_front(points, space.directions())
+    assert result.knee in result.front
+
+    # --- registry: champion registered, tagged, aliased, reloaded and re-verified
+    sel = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="knee")
+    champion_run = client.get_run(sel.run_id)
+    assert champion_run.data.tags[SWEEP] == "local"
+    logged = {k: champion_run.data.metrics[k] for k in space.directions()}
+    assert sel.objectives == pytest.approx(logged)
+    run_points = [{k: r.data.metrics[k] for k in space.directions()} for r in trials]
+    front_runs = {trials[i].info.run_id for i in hand_front(run_points, space.directions())}
+    assert sel.run_id in front_runs
+    version = client.get_model_version(sel.model_name, sel.version)
+    assert version.run_id == sel.run_id
+    assert version.tags["qshield.verification"] == "passed"
+    for key, value in logged.items():
+        assert float(version.tags[f"objective.{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-9)
+    assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == sel.version
+    assert set(sel.verified) == {"accuracy", "asr", "robust_accuracy"}
+    for key, (was, now) in sel.verified.items():
+        assert now == pytest.approx(was, abs=1e-6) and was == pytest.approx(champion_run.data.metrics[key])
+    # selecting must not reopen the finished sweep run
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+    # --- a second selection adds a version and keeps the first one intact
+    before = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
+    sel2 = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="weighted",
+                           weights={"accuracy": 1.0, "asr": 1.0, "adversary_cost": 1.0})
+    after = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
+    assert set(before) < set(after)
+    assert int(sel2.version) > max(int(v) for v in before)
+    first = after[sel.version]
+    assert first.run_id == sel.run_id and first.tags == before[sel.version].tags
+    assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == sel2.version
+    old = Path(mlflow.artifacts.download_artifacts(f"models:/{sel.model_name}/{sel.version}",
+                                                   dst_path=str(env["tmp"] / "v1"), tracking_uri=env["uri"],
+                                                   registry_uri=env["uri"]))
+    assert (old / "model.pt").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (c) two Ray nodes
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(env: dict[str, Any]) -> None:
+    """Head and worker with one CPU each and two one-CPU trials at a time: each node must take one.
+
+    Both nodes share the host's IP, so trials are told apart by the Ray node id every report carries.
+    """
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        node_ids = {cluster.head_node.node_id, worker.node_id}
+        ray.init(address=cluster.address)
+        assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == node_ids
+        result = run_sweep(build(tiny_space("two-nodes", num_samples=2, max_concurrent=2)),
+                           storage_path=str(env["storage"]), tracking_uri=env["uri"], experiment=EXPERIMENT, verbose=0)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert [t.status for t in result.trials] == ["finished", "finished"], [t.error for t in result.trials]
+    nodes = {t.metrics["node_id"] for t in result.trials}
+    assert nodes == node_ids
+    # every report of a trial came from one node (no silent migration), and MLflow has both trials
+    rows = result_rows(env["storage"] / "two-nodes")
+    assert {tid: {r["node_id"] for r in rs} for tid, rs in rows.items()} == {
+        t.trial_id: {t.metrics["node_id"]} for t in result.trials}
+    _, trials = runs_of(env["uri"], "two-nodes")
+    assert sorted(r.data.tags[TRIAL] for r in trials) == sorted(t.trial_id for t in result.trials)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (b) ray start --head + ray job submit of the entrypoint
+
+
+def test_ray_job_submit_runs_the_entrypoint_on_a_started_cluster(env: dict[str, Any]) -> None:
+    """``ray start --head`` (dashboard + job server), then ``ray job submit --working-dir <repo> -- python -m
+    orchestrator.run``; the job must succeed on that cluster and leave its runs in the MLflow store.
+
+    Token authentication is made explicit (Ray 2.60 turns it on by itself when ``~/.ray/auth_token`` exists,
+    and then the job CLI needs the token): a fresh token for this cluster in ``RAY_AUTH_TOKEN``.
+    ``python`` in the entrypoint resolves through ``PATH`` from ``--runtime-env-json`` to this interpreter.
+    """
+    pytest.importorskip("aiohttp_cors", reason="the job server is part of the Ray dashboard: pip install 'ray[default]'")
+    space_file = write_space(env["tmp"] / "job.yaml", tiny_space("job"))
+    gcs, dash, client_port = free_port(), free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="qsray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    ray_env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    address = f"http://127.0.0.1:{dash}"
+    head_log = env["tmp"] / "head.log"
+    with head_log.open("w") as log:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
+             "--ray-client-server-port", str(client_port), "--temp-dir", temp_dir, "--disable-usage-stats"],
+            env=ray_env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    recorded: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, f"ray start exited {head.returncode}:\n{head_log.read_text()[-4000:]}"
+            request = urllib.request.Request(f"{address}/api/version",
+                                             headers={"Authorization": f"Bearer {ray_env['RAY_AUTH_TOKEN']}"})
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:  # not listening yet, or the token refused (401): the timeout reports the dashboard log
+                pass
+            if time.monotonic() > deadline:
+                logs = Path(temp_dir, "session_latest", "logs", "dashboard.log")
+                pytest.fail(f"dashboard did not answer in 120 s:\n{logs.read_text()[-4000:] if logs.exists() else ''}")
+            time.sleep(1)
+
+        job_id = f"qshield-test-{uuid.uuid4().hex[:8]}"
+        runtime_env = {"env_vars": {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}}
+        submit = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
+             "python", "-m", "orchestrator.run", "--space", str(space_file), "--storage-path", str(env["storage"]),
+             "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--select", "knee"],
+            env=ray_env, capture_output=True, text=True, timeout=120,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        recorded = descendants(head.pid)
+
+        status = ""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            out = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id],
+                                 env=ray_env, capture_output=True, text=True, timeout=60)
+            status = out.stdout + out.stderr
+            if any(word in status for word in ("succeeded", "failed", "stopped")):
+                break
+            recorded |= descendants(head.pid)
+            time.sleep(3)
+        logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id],
+                              env=ray_env, capture_output=True, text=True, timeout=60).stdout
+        assert f"Job '{job_id}' succeeded" in status, status + "\n" + logs[-6000:]
+
+        # the job ran on this cluster (attached through RAY_ADDRESS), not on a Ray of its own
+        listed = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", address, "--format", "json"],
+                                env=ray_env, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        cluster_nodes = {n["node_id"] for n in json.loads(listed.stdout)}
+    finally:
+        recorded |= descendants(head.pid)
+        head.send_signal(signal.SIGTERM)  # --block: the head drains, then stops the processes it started
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        kill_recorded(recorded)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    assert "Connecting to existing Ray cluster" in logs
+    assert "Sweep 'job': 2 finished, 0 stopped early, 0 failed" in logs
+    assert "champion: models:/qshield-job@champion" in logs
+    rows = result_rows(env["storage"] / "job")
+    assert len(rows) == 2 and {r["node_id"] for rs in rows.values() for r in rs} <= cluster_nodes
+
+    parents, trials = runs_of(env["uri"], "job")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags[TRIAL] for r in trials) == sorted(rows)
+    assert all(r.info.status == "FINISHED" and r.data.tags[PARENT] == parents[0].info.run_id for r in trials)
+    version = MlflowClient(env["uri"]).get_model_version_by_alias("qshield-job", CHAMPION)
+    assert version.tags["qshield.verification"] == "passed"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (d) the driver killed mid-sweep, then the same command again
+
+
+def test_killed_driver_resumes_without_rerunning_or_duplicating(env: dict[str, Any]) -> None:
+    """``python -m orchestrator.run`` is SIGKILLed once Tune has recorded a finished trial; its local Ray goes
+    with it (kernel fate-sharing; leftovers are killed by pid). Re-running the same command restores the sweep:
+    the finished trial is not run again (same Tune results, same MLflow run and metric history), the others
+    complete, and MLflow holds exactly one parent and one nested run per Tune trial.
+    """
+    n = 3
+    space_file = write_space(env["tmp"] / "resume.yaml", tiny_space("resume", num_samples=n, max_concurrent=1))
+    exp_dir = env["storage"] / "resume"
+    cmd = [sys.executable, "-m", "orchestrator.run", "--space", str(space_file), "--storage-path",
+           str(env["storage"]), "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--num-cpus", "2"]
+    first_log = env["tmp"] / "first.log"
+    with first_log.open("w") as log:
+        driver = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+    recorded: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert driver.poll() is None, f"driver ended (rc {driver.returncode}) before it was killed:\n" + (
+                first_log.read_text()[-4000:])
+            recorded |= descendants(driver.pid)
+            states = tune_trial_states(exp_dir)
+            if any(s == "TERMINATED" for s in states.values()):
+                break
+            assert time.monotonic() < deadline, "no trial finished in 240 s:\n" + first_log.read_text()[-4000:]
+            time.sleep(0.5)
+        recorded |= descendants(driver.pid)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        kill_recorded(recorded)
+
+    finished_before = {tid for tid, s in states.items() if s == "TERMINATED"}
+    assert 1 <= len(finished_before) < n, states
+    rows_before = result_rows(exp_dir)
+    _, trials_before = runs_of(env["uri"], "resume")
+    client = MlflowClient(env["uri"])
+    kept = {}
+    for run in trials_before:
+        if run.data.tags[TRIAL] in finished_before:
+            history = [(m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")]
+            kept[run.data.tags[TRIAL]] = (run.info.run_id, run.info.start_time, history)
+    assert set(kept) == finished_before
+
+    second = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=420)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
+    assert "resuming sweep resume" in second.stdout + second.stderr
+    assert f"Sweep 'resume': {n} finished, 0 stopped early, 0 failed" in second.stdout
+
+    rows_after = result_rows(exp_dir)
+    assert len(rows_after) == n
+    assert all(rs[-1].get("final") for rs in rows_after.values())
+    for tid in finished_before:  # not run again: Tune's results of the finished trial are unchanged
+        assert rows_after[tid] == rows_before[tid]
+
+    parents, trials = runs_of(env["uri"], "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [r.data.tags[TRIAL] for r in trials]
+    assert sorted(ids) == sorted(rows_after) and len(set(ids)) == len(ids) == n
+    for run in trials:
+        assert run.info.status == "FINISHED" and run.data.tags[PARENT] == parents[0].info.run_id
+        tid = run.data.tags[TRIAL]
+        if tid in kept:
+            run_id, start, history = kept[tid]
+            assert (run.info.run_id, run.info.start_time) == (run_id, start)
+            assert [(m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, "accuracy")] == history
