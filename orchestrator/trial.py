@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from qshield.attacks import AttackConfig
-from qshield.data import DatasetBundle, load_dataset
+from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset
 from qshield.data._sampling import stratified_split
 from qshield.evaluation import EvaluationReport, MaskingConfig, evaluate
 from qshield.models import ModelConfig, build_model, load_model, save_model
@@ -55,8 +55,9 @@ class TrialPlan:
     params: dict[str, Any]
 
 
-def model_config_from_params(params: Mapping[str, Any], bundle: DatasetBundle) -> ModelConfig:
-    """Map the sweep parameters onto a :class:`~qshield.models.ModelConfig` for ``bundle``'s data."""
+def model_config_from_params(params: Mapping[str, Any], bundle: DatasetBundle | DatasetSpec) -> ModelConfig:
+    """Map the sweep parameters onto a :class:`~qshield.models.ModelConfig` for ``bundle``'s data (a loaded
+    bundle or just the dataset's spec: only ``in_channels``, ``image_size`` and ``num_classes`` are read)."""
     w_q = float(params["w_q"])
     return ModelConfig.from_dict(
         {
@@ -79,7 +80,7 @@ def model_config_from_params(params: Mapping[str, Any], bundle: DatasetBundle) -
     )
 
 
-def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBundle) -> TrialPlan:
+def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBundle | DatasetSpec) -> TrialPlan:
     """Resolve a trial's configs; raises ``ValueError`` naming the field on a bad combination."""
     model = model_config_from_params(params, bundle)
     train_cfg = TrainConfig(
@@ -135,16 +136,20 @@ def run_trial(
 
     ``resume_from`` is a checkpoint directory written by an earlier report of the same trial: training restarts
     from the epoch it recorded (the model's weights restored; the optimiser starts afresh).
-    """
-    bundle = bundle or load_trial_data(space)
-    plan = plan_trial(params, space, bundle)
-    fit_set, val_set = split_validation(bundle.train, space.seed)
 
+    Bad parameters (``ValueError`` naming the field) and an unreadable or unsafe ``resume_from`` checkpoint
+    (:class:`~qshield.models.UnsafeCheckpointError` / ``ValueError`` naming the file) are refused before any
+    data is read or any step is trained.
+    """
+    plan = plan_trial(params, space, dataset_spec(space.dataset.value))
     done_epochs = 0
+    model = None
     if resume_from is not None and (Path(resume_from) / MODEL_FILE).exists():
         model, _ = load_model(Path(resume_from) / MODEL_FILE)
-        done_epochs = int(json.loads((Path(resume_from) / STATE_FILE).read_text())["epoch"])
-    else:
+        done_epochs = _resumed_epoch(Path(resume_from) / STATE_FILE, plan.train.epochs)
+    bundle = bundle or load_trial_data(space)
+    fit_set, val_set = split_validation(bundle.train, space.seed)
+    if model is None:
         model = build_model(plan.model, seed=space.seed)
 
     def on_epoch(epoch: int, metrics: Mapping[str, Any]) -> None:
@@ -153,7 +158,7 @@ def run_trial(
             ckpt = Path(tmp)
             save_model(model, plan.model, ckpt / MODEL_FILE)
             (ckpt / STATE_FILE).write_text(json.dumps({"epoch": absolute}))
-            row = {"epoch": absolute, **_numeric(metrics)}
+            row = {**_numeric(metrics), "epoch": absolute}  # the training loop counts from 1 after a resume
             row.pop("epoch_seconds", None)
             if "val_accuracy" not in row and "val_acc" in row:
                 row["val_accuracy"] = row.pop("val_acc")
@@ -185,6 +190,18 @@ def run_trial(
         (ckpt / STATE_FILE).write_text(json.dumps({"epoch": plan.train.epochs}))
         report(final, ckpt)
     return final
+
+
+def _resumed_epoch(path: Path, epochs: int) -> int:
+    """The epoch recorded in a checkpoint's ``trial_state.json``: an integer in ``0..epochs``."""
+    try:
+        epoch = json.loads(path.read_text())["epoch"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"resume_from: {str(path)!r} is missing or unreadable ({type(exc).__name__}: {exc}); "
+                         f"allowed values: a checkpoint directory written by run_trial") from None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise ValueError(f"resume_from: {str(path)!r} has epoch={epoch!r}; allowed values: an integer in 0..{epochs}")
+    return epoch
 
 
 def evaluate_trained(
