@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "RerunError",
-    "RecordedTrial",
     "Comparison",
+    "RecordedTrial",
+    "RerunError",
     "RerunReport",
+    "add_from_run_arguments",
     "fetch_trial",
+    "is_timing_key",
     "rerun",
     "rerun_from_run",
-    "is_timing_key",
-    "add_from_run_arguments",
 ]
 
 #: artifact path of a trial's model directory in its MLflow run (see orchestrator.callbacks)
@@ -215,9 +215,7 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
 def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, bool):
-            out[k] = float(v)
-        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
+        if isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(float(v))):
             out[k] = float(v)
     return out
 
@@ -272,7 +270,7 @@ def rerun(
         finally:
             torch.set_num_threads(before)
         recorded_model, _ = load_model(trial.model_dir / MODEL_FILE)
-        new_model, new_config = load_model(rerun_model)
+        new_model, _ = load_model(rerun_model)
         if out is not None:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(rerun_model, out)
