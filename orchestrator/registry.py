@@ -151,11 +151,13 @@ def load_registered(model_uri: str, tracking_uri: str | None = None) -> tuple[An
 
     from .trial import MODEL_FILE
 
-    # ``models:/`` URIs resolve against the *registry* URI, which MLflow takes from the global default (the cwd's
-    # sqlite:///mlflow.db), not from ``tracking_uri``: resolve it as MlflowClient(tracking_uri) does.
+    # ``models:/`` URIs resolve against the *registry* URI. MLflow's own resolution of them
+    # (ModelsArtifactRepository) reads the global default registry (the cwd's sqlite:///mlflow.db, which it creates)
+    # even when ``registry_uri`` is passed, so the version is looked up here, in the sweep's registry.
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri,
+        artifact_uri = _version_download_uri(model_uri, tracking_uri, registry_uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=tracking_uri,
                                                          registry_uri=registry_uri))
     except MlflowException as exc:
         raise SelectionError(f"cannot load {model_uri}: {exc.message if hasattr(exc, 'message') else exc}") from exc
@@ -164,6 +166,49 @@ def load_registered(model_uri: str, tracking_uri: str | None = None) -> tuple[An
     model, _ = load_model(local / MODEL_FILE)
     params = json.loads((local / "params.json").read_text()) if (local / "params.json").exists() else {}
     return model, params, local
+
+
+def _version_download_uri(model_uri: str, tracking_uri: str | None, registry_uri: str | None) -> str:
+    """``models:/<name>@<alias>[/path]`` or ``models:/<name>/<version>[/path]`` -> where that version's files are.
+
+    Other URIs are returned unchanged. Raises :class:`SelectionError` naming the registry and what exists there
+    when the model, alias or version is missing.
+    """
+    from mlflow import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    head, _, rest = model_uri[len("models:/"):].partition("/")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    name, at, alias = head.partition("@")
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in client.search_registered_models())
+        raise SelectionError(
+            f"cannot load {model_uri}: no registered model {name!r} in the registry at {registry_uri}; "
+            f"allowed values: {', '.join(map(repr, names)) or 'none (register one with `qshield select`)'}"
+        ) from None
+    if at:
+        aliases = dict(getattr(model, "aliases", {}) or {})
+        if alias not in aliases:
+            raise SelectionError(
+                f"cannot load {model_uri}: registered model {name!r} has no alias {alias!r}; allowed values: "
+                f"{', '.join(map(repr, sorted(aliases))) or 'none (set one with `qshield select`)'}"
+            )
+        version, path = str(aliases[alias]), rest
+    else:
+        version, _, path = rest.partition("/")
+        try:
+            client.get_model_version(name, version)
+        except MlflowException:
+            versions = sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int)
+            raise SelectionError(
+                f"cannot load {model_uri}: registered model {name!r} has no version {version!r}; allowed values: "
+                f"{', '.join(versions) or 'none'}"
+            ) from None
+    location = client.get_model_version_download_uri(name, version)
+    return f"{location.rstrip('/')}/{path}" if path else location
 
 
 def verify_champion(name: str, run: Any, tracking_uri: str, tolerance: float) -> dict[str, tuple[float, float]]:
