@@ -355,7 +355,8 @@ def add_from_run_arguments(train_parser: argparse.ArgumentParser) -> None:
                        help="re-run this MLflow trial run exactly from its recorded params.json/space.json, print "
                        "recorded vs re-run metrics, exit 1 if they differ (--out: also write the re-run model)")
     group.add_argument("--tracking-uri", metavar="URI",
-                       help="with --from-run: MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+                       help="with --from-run: MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                       "sqlite:///mlflow.db)")
     group.add_argument("--tolerance", type=_non_negative, default=0.0,
                        help="with --from-run: largest accepted absolute difference (default: 0, bit-identical)")
     required = [a for a in train_parser._actions if a.required]

@@ -148,8 +148,11 @@ class NoForward(nn.Module):
         raise AssertionError("the model's forward pass ran: the bad input was not refused before compute")
 
 
-#: name -> (module, attribute) of expensive functions that a refused input must never reach
+#: name -> ("module[:Class]", attribute) of expensive functions that a refused input must never reach
 GUARDS: dict[str, tuple[str, str]] = {
+    "decode_images": ("qshield.data._base:ArraySplit", "read"),
+    "digits_loader": ("qshield.data._digits:DigitsLoader", "load"),
+    "model_build": ("qshield.models._io", "build_model"),
     "train": ("qshield.training", "train"),
     "trial.train": ("orchestrator.trial", "train"),
     "trial.build_model": ("orchestrator.trial", "build_model"),
@@ -423,23 +426,24 @@ CASES: list[Case] = [
          ValueError, "noise_strength=1.5", ("[0, 1]",), guards=("quantum_backend",)),
     # ---- datasets ----------------------------------------------------------------------------------------
     Case("data-unknown-dataset", call(load_dataset, "imagenet"), ValueError, "name='imagenet'",
-         tuple(sorted(ALLOWED_DATASETS))),
+         tuple(sorted(ALLOWED_DATASETS)), guards=("digits_loader",)),
     Case("data-bad-limit", call(load_dataset, "digits", limit_train=0), ValueError, "limit_train=0",
-         ("an integer >= 1",)),
+         ("an integer >= 1",), guards=("digits_loader",)),
     Case("data-missing-file", lambda ctx: lambda: load_dataset("organamnist", ctx.tmp / "nowhere", progress=False),
-         DatasetNotFoundError, "organamnist.npz", ("never downloads", "curl")),
+         DatasetNotFoundError, "organamnist.npz", ("never downloads", "curl"), guards=("decode_images",)),
     Case("data-truncated-npz", truncated_npz, DatasetFormatError, "organamnist.npz",
-         ("not a readable npz archive", "truncated or corrupted")),
+         ("not a readable npz archive", "truncated or corrupted"), guards=("decode_images",)),
     Case("data-missing-array", organ(test_labels=None), DatasetFormatError, "organamnist.npz",
-         ("lacks key(s) ['test_labels']",)),
+         ("lacks key(s) ['test_labels']",), guards=("decode_images",)),
     Case("data-wrong-image-shape", organ(test_images=np.zeros((11, 32, 32), np.uint8)), DatasetFormatError,
-         "[test_images]", ("expected [N, C, H, W] = [N, 1, 28, 28]",)),
+         "[test_images]", ("expected [N, C, H, W] = [N, 1, 28, 28]",), guards=("decode_images",)),
     Case("data-labels-out-of-range", organ(train_labels=np.full((22, 1), 11)), DatasetFormatError,
-         "[train_labels]", ("out of range", "allowed 0..10")),
+         "[train_labels]", ("out of range", "allowed 0..10"), guards=("decode_images",)),
     Case("data-image-label-count-mismatch", organ(test_labels=np.arange(10).reshape(-1, 1)), DatasetFormatError,
-         "organamnist.npz", ("11 images but 10 labels",)),
+         "organamnist.npz", ("11 images but 10 labels",), guards=("decode_images",)),
     Case("data-nan-images", organ(train_images=np.where(np.eye(28, dtype=bool), np.nan, 0.5)[None].repeat(22, 0)),
-         DatasetFormatError, "[train_images]", ("non-finite", "allowed: finite values in [0, 255]")),
+         DatasetFormatError, "[train_images]", ("non-finite", "allowed: finite values in [0, 255]"),
+         guards=("decode_images",)),
     # ---- attacks and evaluation: validated before the model runs -----------------------------------------
     Case("attack-unknown", call(build_attack, NoForward(), "bim", eps=0.1), ValueError, "attack='bim'",
          ALLOWED_ATTACKS, guards=("make_attack",)),
@@ -463,14 +467,17 @@ CASES: list[Case] = [
          ("[0, 1]", "no normalisation")),
     # ---- model files -------------------------------------------------------------------------------------
     Case("model-truncated", load("truncated"), ValueError, "model.pt",
-         ("truncated or corrupted", "written by qshield.models.save_model")),
-    Case("model-empty", load("empty"), ValueError, "model.pt", ("truncated or corrupted", "save_model")),
-    Case("model-bit-flip", load("bitflip"), ValueError, "model.pt", ("SHA-256", "save_model, unmodified")),
+         ("truncated or corrupted", "written by qshield.models.save_model"), guards=("model_build",)),
+    Case("model-empty", load("empty"), ValueError, "model.pt", ("truncated or corrupted", "save_model"),
+         guards=("model_build",)),
+    Case("model-bit-flip", load("bitflip"), ValueError, "model.pt", ("SHA-256", "save_model, unmodified"),
+         guards=("model_build",)),
     Case("model-pickled-payload", load("pickle"), UnsafeCheckpointError, "model.pt",
-         ("torch.load(weights_only=True)", "nothing in it was run")),
-    Case("model-foreign-file", load("foreign"), ValueError, "model.pt", ("not a qshield model file",)),
+         ("torch.load(weights_only=True)", "nothing in it was run"), guards=("model_build",)),
+    Case("model-foreign-file", load("foreign"), ValueError, "model.pt", ("not a qshield model file",),
+         guards=("model_build",)),
     Case("model-not-a-file", lambda ctx: lambda: load_model(ctx.tmp / "none.pt"), ValueError, "none.pt",
-         ("is not a file", "save_model")),
+         ("is not a file", "save_model"), guards=("model_build",)),
     # ---- trials: refused before data is read or a step is trained ----------------------------------------
     Case("trial-resume-truncated-checkpoint", resume("truncated"), ValueError, "model.pt",
          ("truncated or corrupted",), guards=(*NO_TRAINING, "trial.load_dataset")),
@@ -611,11 +618,13 @@ def test_bad_input_is_refused_before_compute(case: Case, ctx: Ctx, monkeypatch: 
 
     if "ray.init" in case.guards:
         pytest.importorskip("ray")
-    for name in case.guards:
-        module, attr = GUARDS[name]
-        monkeypatch.setattr(importlib.import_module(module), attr, forbid(name))
     monkeypatch.chdir(ctx.tmp)
     thunk = case.prepare(ctx)
+    for name in case.guards:  # from here on, the expensive functions fail the test if called
+        module, attr = GUARDS[name]
+        module, _, cls = module.partition(":")
+        target = importlib.import_module(module)
+        monkeypatch.setattr(getattr(target, cls) if cls else target, attr, forbid(name))
     before_files = files_under(ctx.tmp)
     before_store = store_state(ctx.store) if case.uses_store else None
 

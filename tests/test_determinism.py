@@ -174,7 +174,8 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             trial.last_result = dict(metrics)
             callback.on_trial_result(0, [], trial, result=dict(metrics))
             if checkpoint_dir is not None:  # Tune persists the reported directory; keep a copy like it does
-                keep = checkpoints / f"checkpoint_{int(metrics.get('epoch', 0)):03d}{'_final' * bool(metrics.get('final'))}"
+                suffix = "_final" if metrics.get("final") else ""
+                keep = checkpoints / f"checkpoint_{int(metrics.get('epoch', 0)):03d}{suffix}"
                 shutil.copytree(checkpoint_dir, keep)
                 trial.checkpoint = tune.Checkpoint.from_directory(str(keep))
 
