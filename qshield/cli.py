@@ -103,7 +103,9 @@ def _int_at_least(minimum: int) -> Any:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}; allowed values: an integer >= {minimum}") from None
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}; allowed values: an integer >= {minimum}"
+            ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed values: an integer >= {minimum}")
         return value
@@ -203,7 +205,8 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
                         help="model file to write (a training record is written to <out>.json)")
 
     model = parser.add_argument_group("model (see qshield.models.ModelConfig)")
-    model.add_argument("--arch", choices=_values(Arch), default=Arch.HYBRID.value, help="model family (default: hybrid)")
+    model.add_argument("--arch", choices=_values(Arch), default=Arch.HYBRID.value,
+                       help="model family (default: hybrid)")
     model.add_argument("--backbone", choices=_values(Backbone), default=Backbone.CNN.value,
                        help="classical part of a hybrid (default: cnn)")
     model.add_argument("--n-qubits", type=_n_qubits, default=None,
@@ -211,7 +214,8 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--depth", type=_int_at_least(1), default=1, help="circuit layers (default: 1)")
     model.add_argument("--entanglement", choices=_values(Entanglement), default=Entanglement.LINEAR.value,
                        help="CNOT pattern of each layer (default: linear)")
-    model.add_argument("--noise", choices=_values(Noise), default=Noise.NONE.value, help="noise channel (default: none)")
+    model.add_argument("--noise", choices=_values(Noise), default=Noise.NONE.value,
+                       help="noise channel (default: none)")
     model.add_argument("--noise-strength", type=_float_in(0.0, 1.0), default=0.0,
                        help="noise probability p in [0, 1] (default: 0; the paper: 0.005)")
     model.add_argument("--readout-error", type=_float_in(0.0, 1.0), default=0.0,
@@ -229,12 +233,15 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
 
     tr = parser.add_argument_group("training (see qshield.training.TrainConfig)")
     tr.add_argument("--epochs", type=_int_at_least(1), default=10, help="epochs (default: 10, as the paper)")
-    tr.add_argument("--lr", type=_float_in(0.0, 10.0, low_open=True), default=1e-3, help="Adam learning rate (default: 1e-3)")
-    tr.add_argument("--weight-decay", type=_float_in(0.0, 10.0), default=1e-4, help="Adam weight decay (default: 1e-4)")
+    tr.add_argument("--lr", type=_float_in(0.0, math.inf, low_open=True), default=1e-3,
+                    help="Adam learning rate (default: 1e-3)")
+    tr.add_argument("--weight-decay", type=_float_in(0.0, math.inf), default=1e-4,
+                    help="Adam weight decay (default: 1e-4)")
     tr.add_argument("--batch-size", type=_int_at_least(1), default=128, help="batch size (default: 128)")
     tr.add_argument("--method", choices=_values(TrainMethod), default=TrainMethod.STANDARD.value,
                     help="standard, PGD adversarial training or Quantum Patches (default: standard)")
-    tr.add_argument("--limit-batches", type=_int_at_least(1), default=None, help="stop each epoch after this many batches")
+    tr.add_argument("--limit-batches", type=_int_at_least(1), default=None,
+                    help="stop each epoch after this many batches")
     tr.add_argument("--no-shuffle", action="store_true", help="keep the training order fixed")
     tr.add_argument("--num-workers", type=_int_at_least(0), default=0, help="DataLoader workers (default: 0)")
     tr.add_argument("--pgd-eps", type=parse_eps, default=None,
@@ -266,7 +273,8 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-examples", type=_int_at_least(1), default=500,
                         help="test images evaluated, stratified by class; only correctly classified ones are "
                         "attacked (default: 500)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=128, help="images per attack call (default: 128)")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=128,
+                        help="images per attack call (default: 128)")
     parser.add_argument("--set", dest="attack_params", type=_attack_param, action="append", default=[],
                         metavar="ATTACK.PARAM=VALUE", help="override an attack parameter, e.g. square.n_queries=100")
     parser.add_argument("--attack-seed", type=_int_at_least(0), default=0, help="seed of the attacks (default: 0)")
@@ -668,7 +676,9 @@ def curves_frame(curves: Sequence[Any]) -> Any:
     return pd.DataFrame(rows, columns=["model", "attack", "eps", "eps_255", "asr", "n_attacked"])
 
 
-def write_evaluation(reports: Sequence[Any], out: str | os.PathLike[str], plot_title: str | None = None) -> dict[str, Path]:
+def write_evaluation(
+    reports: Sequence[Any], out: str | os.PathLike[str], plot_title: str | None = None
+) -> dict[str, Path]:
     """Write the results, diagnostics and ASR-vs-ε files of ``reports`` to directory ``out``.
 
     Returns:
