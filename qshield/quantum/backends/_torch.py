@@ -353,7 +353,7 @@ class TorchBackend(Backend):
         names = ["noise"] + ([f"noise{g}" for g in groups] if not spec.trainable else [])
         if heisenberg:
             return names + (["padj_rot", "padj_rot_inv", "psign_adj"] if cnot else []) + ["heis_init"]
-        names += ["pidx_rot", "pidx_rot_inv", "psign"] if cnot else []
+        names += ["pidx_rot", "pidx_rot_inv", "psign", "porder"] if cnot else []
         if spec.measurement is Measurement.PROBS:
             return names + [f"final{g}" for g in groups]
         return names + ["zidx", "zrow"]
@@ -405,10 +405,12 @@ class TorchBackend(Backend):
             return {"zidx": zidx, "zrow": noise[3].clone()}
         idx, sign = cnot_pauli_map(n, pairs)
         rotated = rotated_positions(n, 4, self.widths[0])
-        if name in ("pidx_rot", "pidx_rot_inv", "psign"):
-            # Schrodinger, reading the rotated order: (C c)[s] = sign[s] c[idx[s]]
+        if name in ("pidx_rot", "pidx_rot_inv", "psign", "porder"):
+            # Schrodinger, reading the rotated order: (C c)[s] = sign[s] c[idx[s]]; porder: the wires in that order
             idx_rot = rotated[idx]
-            return {"pidx_rot": idx_rot, "pidx_rot_inv": _inverse(idx_rot), "psign": sign}
+            w0 = self.widths[0]
+            porder = torch.tensor(list(range(w0, n)) + list(range(w0)))
+            return {"pidx_rot": idx_rot, "pidx_rot_inv": _inverse(idx_rot), "psign": sign, "porder": porder}
         if name in ("padj_rot", "padj_rot_inv", "psign_adj"):
             # Heisenberg, reading the rotated order: (O C)[k, s] = O[k, inv[s]] sign[inv[s]]
             inv = _inverse(idx)
@@ -568,9 +570,7 @@ class TorchBackend(Backend):
             return _product_state(local) @ obs.transpose(0, 1)
         cnot = "pidx_rot" in c
         if cnot:  # build the product directly in the rotated order that the CNOT gather reads
-            w0 = self.widths[0]
-            order = torch.tensor(list(range(w0, n)) + list(range(w0)), device=local.device)
-            coeffs = _product_state(local.index_select(1, order))
+            coeffs = _product_state(local.index_select(1, c["porder"]))
             coeffs = _Permute.apply(coeffs, c["pidx_rot"], c["pidx_rot_inv"]) * c["psign"]
         else:
             coeffs = _product_state(local)  # [B, 4^n]: c_s = Tr(P_s rho)
