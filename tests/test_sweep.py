@@ -13,7 +13,6 @@ before it was stopped), never with ``ray stop``, which would kill every Ray on t
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import shutil
@@ -38,14 +37,14 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from mlflow import MlflowClient  # noqa: E402
+from mlflow import MlflowClient
 
-from orchestrator.registry import CHAMPION, select_champion  # noqa: E402
-from orchestrator.space import SweepSpace, parse_space  # noqa: E402
-from orchestrator.sweep import SweepResult, run_sweep  # noqa: E402
-from orchestrator.tracking import PARENT, ROLE, SWEEP, TRIAL  # noqa: E402
-from qshield.data import load_dataset  # noqa: E402
-from qshield.models import load_model  # noqa: E402
+from orchestrator.registry import CHAMPION, select_champion
+from orchestrator.space import SweepSpace, parse_space
+from orchestrator.sweep import SweepResult, run_sweep
+from orchestrator.tracking import PARENT, ROLE, SWEEP, TRIAL
+from qshield.data import load_dataset
+from qshield.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -433,7 +432,7 @@ def test_ray_job_submit_runs_the_entrypoint_on_a_started_cluster(env: dict[str, 
              "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
              "python", "-m", "orchestrator.run", "--space", str(space_file), "--storage-path", str(env["storage"]),
              "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--select", "knee"],
-            env=ray_env, capture_output=True, text=True, timeout=120,
+            env=ray_env, check=False, capture_output=True, text=True, timeout=120,
         )
         assert submit.returncode == 0, submit.stdout + submit.stderr
         recorded = descendants(head.pid)
@@ -442,19 +441,19 @@ def test_ray_job_submit_runs_the_entrypoint_on_a_started_cluster(env: dict[str, 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             out = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id],
-                                 env=ray_env, capture_output=True, text=True, timeout=60)
+                                 env=ray_env, check=False, capture_output=True, text=True, timeout=60)
             status = out.stdout + out.stderr
             if any(word in status for word in ("succeeded", "failed", "stopped")):
                 break
             recorded |= descendants(head.pid)
             time.sleep(3)
         logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id],
-                              env=ray_env, capture_output=True, text=True, timeout=60).stdout
+                              env=ray_env, check=False, capture_output=True, text=True, timeout=60).stdout
         assert f"Job '{job_id}' succeeded" in status, status + "\n" + logs[-6000:]
 
         # the job ran on this cluster (attached through RAY_ADDRESS), not on a Ray of its own
         listed = subprocess.run([str(BIN / "ray"), "list", "nodes", "--address", address, "--format", "json"],
-                                env=ray_env, capture_output=True, text=True, timeout=60)
+                                env=ray_env, check=False, capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0, listed.stderr
         cluster_nodes = {n["node_id"] for n in json.loads(listed.stdout)}
     finally:
@@ -497,9 +496,12 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(env: dict[str, A
     exp_dir = env["storage"] / "resume"
     cmd = [sys.executable, "-m", "orchestrator.run", "--space", str(space_file), "--storage-path",
            str(env["storage"]), "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--num-cpus", "2"]
+    # Tune snapshots its experiment state every >= 10 s by default; every second here, so that the kill lands
+    # right after the first trial is recorded as finished, with the others still to run.
+    driver_env = clean_env(TUNE_GLOBAL_CHECKPOINT_S="1")
     first_log = env["tmp"] / "first.log"
     with first_log.open("w") as log:
-        driver = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(cmd, cwd=ROOT, env=driver_env, stdout=log, stderr=subprocess.STDOUT)
     recorded: dict[int, str] = {}
     try:
         deadline = time.monotonic() + 240
@@ -533,7 +535,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(env: dict[str, A
             kept[run.data.tags[TRIAL]] = (run.info.run_id, run.info.start_time, history)
     assert set(kept) == finished_before
 
-    second = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=420)
+    second = subprocess.run(cmd, cwd=ROOT, env=driver_env, check=False, capture_output=True, text=True, timeout=420)
     assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
     assert "resuming sweep resume" in second.stdout + second.stderr
     assert f"Sweep 'resume': {n} finished, 0 stopped early, 0 failed" in second.stdout
