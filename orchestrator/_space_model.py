@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 
 from qshield.attacks import ATTACKS
 from qshield.attacks import DEFAULT_EPS as _ATTACK_DEFAULT_EPS
-from qshield.quantum import CircuitSpec, Noise
+from qshield.quantum import CircuitSpec, Measurement, Noise
 
 from ._space_domains import (
     PARAMETERS,
@@ -494,6 +494,21 @@ class SweepSpace(_Strict):
             )
         except ValueError as exc:
             fail(str(exc), n_max, ("parameters", "n_qubits"))
+        # probs outputs 2**n basis states mapped onto the classes: too few qubits cannot name every class
+        measurements = domain_values(self.parameters.measurement) or ()
+        if Measurement.PROBS in [Measurement.parse(m, "measurement") for m in measurements]:
+            from qshield.data import dataset_spec
+
+            classes = dataset_spec(self.dataset.value).num_classes
+            need = max(2, math.ceil(math.log2(classes)))
+            n_min = _domain_min(self.parameters.n_qubits)
+            if n_min < need:
+                fail(
+                    f"with measurement 'probs' a hybrid needs 2**n_qubits >= the {classes} classes of "
+                    f"{self.dataset.value!r}; allowed: n_qubits >= {need} (or measurement 'expval')",
+                    n_min,
+                    ("parameters", "n_qubits"),
+                )
 
     # ---- convenience for the trainable and the runner ----
 
@@ -550,6 +565,14 @@ class SweepSpace(_Strict):
         from ._space_load import parse_space  # the loader imports this module
 
         return parse_space(self.to_dict() | changes, source="<replace>")
+
+
+def _domain_min(domain: Domain) -> float:
+    """The smallest value a numeric domain can take."""
+    lo = getattr(domain, "lo", None)
+    if lo is not None:
+        return float(lo)
+    return min(float(v) for v in (domain_values(domain) or ()))
 
 
 def _attack(attack: AttackName | str) -> AttackName:

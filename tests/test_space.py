@@ -203,11 +203,11 @@ def test_nothing_searched_is_refused():
 
 
 def test_qubit_count_over_the_memory_budget_is_refused_before_ray():
-    data = _with("parameters", {"n_qubits": {"int": [2, 16]}, "noise": "depolarizing", "noise_strength": 0.01})
+    data = _with("parameters", {"n_qubits": {"int": [4, 16]}, "noise": "depolarizing", "noise_strength": 0.01})
     with pytest.raises(SpaceError, match=r"parameters\.n_qubits: .*needs a density matrix of 64\.0 GiB"):
         parse_space(data)
     # the same qubits without noise are a statevector and fine; so is 16-qubit noise for non-hybrid archs
-    parse_space(_with("parameters", {"n_qubits": {"int": [2, 16]}, "noise": "none"}))
+    parse_space(_with("parameters", {"n_qubits": {"int": [4, 16]}, "noise": "none"}))
     parse_space(_with("parameters", {"arch": {"choice": ["dnn", "cnn"]}, "n_qubits": 16, "noise": "mixed",
                                      "noise_strength": 0.01}))  # fmt: skip
 
@@ -294,7 +294,7 @@ def test_parsed_domains_and_number_forms():
         {
             "lr": {"loguniform": ["1e-4", 1e-2]},  # YAML reads 1e-4 (no dot) as a string
             "w_q": {"uniform": [0, "1/2"]},
-            "n_qubits": {"int": [2, 5]},
+            "n_qubits": {"int": [4, 7]},
             "noise": "Mixed",
             "batch_size": {"choice": [32, 64]},
         },
@@ -302,7 +302,7 @@ def test_parsed_domains_and_number_forms():
     p = parse_space(data).parameters
     assert p.lr == LogUniform(1e-4, 1e-2)
     assert p.w_q == Uniform(0.0, 0.5)
-    assert p.n_qubits == IntRange(2, 5)
+    assert p.n_qubits == IntRange(4, 7)
     assert p.noise == Fixed("mixed") and p.noise.value == "mixed"
     assert p.batch_size == Choice((32, 64))
     assert p.depth == Fixed(PARAMETERS["depth"].default)  # untouched parameters keep their defaults
@@ -508,3 +508,14 @@ def test_search_alg_records_a_trial_stopped_before_its_objectives_as_pruned():
     searcher.on_trial_complete("b", result={"accuracy": 0.9, "asr": 0.3, "adversary_cost": 20.0})
     states = [t.state for t in searcher._ot_study.trials]
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE]
+
+
+def test_too_few_qubits_for_the_classes_with_probs_is_refused_before_ray():
+    from orchestrator.space import SpaceError, load_space
+
+    base = load_space(ROOT / "search_spaces" / "mnist5k-demo.yaml").to_dict()
+    base["parameters"]["n_qubits"] = {"int": [2, 5]}
+    with pytest.raises(SpaceError, match=r"parameters\.n_qubits.*10 classes.*n_qubits >= 4"):
+        parse_space(base)
+    base["parameters"]["measurement"] = "expval"  # <Z_q> + a linear head: any n works
+    parse_space(base)
