@@ -369,7 +369,7 @@ SEARCHED = {
     "entanglement": {"choice": ["none", "linear", "ring"]},
     "w_q": {"uniform": [0.1, 0.9]},
     "lr": {"loguniform": [1e-4, 1e-2]},
-    "n_qubits": {"int": [2, 6]},
+    "n_qubits": {"int": [4, 8]},
     "noise": "mixed",
     "epochs": 3,
 }
@@ -381,7 +381,7 @@ def _hand_written_space():
     # Keys in the order of the parameter table: Optuna draws the parameters of a trial one after the other from
     # one seeded RNG, so the same space in another key order is a different (equally valid) random stream.
     return {
-        "n_qubits": tune.randint(2, 7),  # Tune's upper bound is exclusive: 2..6
+        "n_qubits": tune.randint(4, 9),  # Tune's upper bound is exclusive: 4..8
         "entanglement": tune.choice(["none", "linear", "ring"]),
         "w_q": tune.uniform(0.1, 0.9),
         "lr": tune.loguniform(1e-4, 1e-2),
@@ -400,7 +400,7 @@ def test_param_space_samples_like_a_hand_written_tune_space():
         theirs = domain.sample(size=200, random_state=np.random.default_rng(7))
         assert list(ours) == list(theirs), key
     samples = converted["n_qubits"].sample(size=200, random_state=np.random.default_rng(1))
-    assert set(samples) == {2, 3, 4, 5, 6}  # the YAML's hi is inclusive
+    assert set(samples) == {4, 5, 6, 7, 8}  # the YAML's hi is inclusive
     # fixed values are plain Python values (enums as strings)
     assert converted["noise"] == "mixed" and type(converted["noise"]) is str
     assert converted["epochs"] == 3 and converted["arch"] == "hybrid"
@@ -437,7 +437,7 @@ def test_search_alg_suggests_like_a_hand_built_optuna_search(algorithm):
     for i in range(10):  # beyond the startup trials / first generation, so the samplers model the results
         a, b = ours.suggest(f"t{i}"), theirs.suggest(f"t{i}")
         assert a == b
-        assert a["entanglement"] in ("none", "linear", "ring") and 2 <= a["n_qubits"] <= 6
+        assert a["entanglement"] in ("none", "linear", "ring") and 4 <= a["n_qubits"] <= 8
         assert 0.1 <= a["w_q"] <= 0.9 and 1e-4 <= a["lr"] <= 1e-2
         ours.on_trial_complete(f"t{i}", _results(a))
         theirs.on_trial_complete(f"t{i}", _results(b))
@@ -485,7 +485,7 @@ def test_docs_example_is_valid_and_docs_cover_every_key():
     example = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert example is not None
     space = parse_space(yaml.safe_load(example.group(1)), source="docs example")
-    assert space.parameters.n_qubits == IntRange(2, 6)
+    assert space.parameters.n_qubits == IntRange(4, 8)
     for key in list(SweepSpace.model_fields) + list(PARAMETERS):
         assert f"`{key}`" in text, key
 
