@@ -57,8 +57,7 @@ class MLflowTrialCallback(tune.Callback):
             self.tracker.set_tags(run_id, {"qshield.stopped_early": "true"})
             self.tracker.finish(run_id, "KILLED")
             return
-        final = {k: v for k, v in result.items() if k not in _TUNE_KEYS and not isinstance(v, (list, dict))}
-        self.tracker.log_metrics(run_id, final, step=int(result.get("epoch", 0)))
+        # the final metrics were logged by on_trial_result when the final report arrived
         self.tracker.set_tags(
             run_id,
             {"qshield.trustworthy": str(bool(result.get("trustworthy"))).lower(), "qshield.final": "true"},
