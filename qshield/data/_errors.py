@@ -38,6 +38,11 @@ class DatasetNotFoundError(FileNotFoundError):
     def __str__(self) -> str:  # OSError.__str__ would prefix errno/filename formatting when those are set
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[Path, ...], str]]:
+        # rebuilt from the constructor's arguments: pickling (a Ray trial's error on its way to the driver) and
+        # copy.copy would otherwise call __init__ with the message alone and fail with a TypeError
+        return (type(self), (self.dataset, self.missing, self.instructions))
+
 
 class DatasetFormatError(ValueError):
     """A dataset file exists but is unreadable or violates its format (truncated archive, wrong image shape,
@@ -52,3 +57,6 @@ class DatasetFormatError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        return (type(self), (self.path, self.problem))  # picklable and copyable (see DatasetNotFoundError)
