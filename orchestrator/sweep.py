@@ -172,12 +172,21 @@ def run_sweep(
                 status=status,
                 config=dict(r.config or {}),
                 metrics=metrics,
-                error=None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:2000],
+                error=None if r.error is None else _error_text(r.error),
                 node_ip=metrics.get("node_ip"),
             )
         )
     summarise(result, tracker)
     return result
+
+
+def _error_text(error: BaseException) -> str:
+    """``"Type: message"`` of the exception that ended a trial: the trainable's own exception, which Ray wraps in
+    a ``RayTaskError`` (as ``cause``) whose text starts with the worker's traceback."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    return f"{type(error).__name__}: {error}"[:2000]
 
 
 class ParetoPlotData(NamedTuple):
