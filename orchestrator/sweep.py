@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -244,19 +245,29 @@ def plot_pareto(data: ParetoPlotData, path: str | os.PathLike) -> ParetoPlotData
 
 
 def summarise(result: SweepResult, tracker: SweepTracker | None = None) -> None:
-    """Pareto front + knee over the finished trials; log the plot and trials table to the parent run."""
+    """Pareto front + knee over the finished trials; log the plot and trials table to the parent run.
+
+    A finished trial with an undefined objective (``asr`` is NaN when none of the ``n_eval`` test images was
+    classified correctly, so there was nothing to attack) stays in the table but cannot be ranked: it is left
+    out of the front and the knee, with a warning (no Pareto plot when no trial can be ranked).
+    """
     done = result.finished()
-    points = [{k: float(t.metrics[k]) for k in result.directions} for t in done]
+    ranked = [i for i, t in enumerate(done) if all(_finite(t.metrics.get(k)) for k in result.directions)]
+    if len(ranked) < len(done):
+        log.warning("sweep %s: trial(s) %s finished with a non-finite objective (of %s); not ranked", result.name,
+                    ", ".join(done[i].trial_id for i in range(len(done)) if i not in ranked),
+                    ", ".join(result.directions))
+    points = [{k: float(done[i].metrics[k]) for k in result.directions} for i in ranked]
     if points:
-        result.front = pareto_front(points, result.directions)
-        result.knee = knee_point(points, result.directions)
+        result.front = [ranked[j] for j in pareto_front(points, result.directions)]
+        result.knee = ranked[knee_point(points, result.directions)]
     if tracker is None:
         return
     rows = [trial_row(t, i in result.front, i == result.knee) for i, t in enumerate(done)]
     rows += [trial_row(t, False, False) for t in result.trials if t.status != "finished"]
     if rows:
         tracker.log_table(result.parent_run_id, rows, "trials.json")
-    if done:
+    if result.front:
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "pareto.png"
             plot_pareto(pareto_plot_data(result), png)
@@ -268,6 +279,10 @@ def summarise(result: SweepResult, tracker: SweepTracker | None = None) -> None:
          "pareto_front_size": len(result.front)},
     )
     tracker.finish(result.parent_run_id, "FINISHED")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def trial_row(t: TrialRecord, on_front: bool, knee: bool) -> dict[str, Any]:
