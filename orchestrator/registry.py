@@ -82,6 +82,12 @@ def select_champion(
         raise SelectionError(f"experiment {experiment!r} does not exist at {tracker.tracking_uri}")
     runs = _finished_trials(tracker)
     directions, constraints = _sweep_settings(tracker)
+    # a non-finite objective (asr with no correctly classified image to attack) is not logged: such a trial
+    # cannot be ranked (as in the sweep's own summary)
+    runs = [r for r in runs if all(k in r.data.metrics for k in directions)]
+    if not runs:
+        raise SelectionError(f"sweep {sweep!r}: no finished trial has a value for every objective "
+                             f"({', '.join(directions)}); nothing can be ranked")
     points = [{k: r.data.metrics[k] for k in directions} for r in runs]
     try:
         best = select(points, rule, directions, weights=weights, constraints=constraints, primary=primary)
