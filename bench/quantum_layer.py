@@ -12,7 +12,7 @@ Our torch backend runs with its default ``method="auto"``; each of its paths (``
 also timed forced and printed as a per-path breakdown (not part of the table).
 Writes the table to docs/benchmarks.md (section between markers) unless --no-write.
 
-    python bench/quantum_layer.py [--repeats 5] [--device cuda] [--no-write]
+    python bench/quantum_layer.py [--repeats 40] [--threads 1] [--device cuda] [--no-write]
 """
 
 from __future__ import annotations
@@ -160,11 +160,14 @@ def write_section(text: str, section_key: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20, help="timed repeats for our backend (default 20)")
-    parser.add_argument("--peer-repeats", type=int, default=5, help="timed repeats for the peers (default 5)")
+    parser.add_argument("--repeats", type=int, default=40, help="timed repeats for our backend (default 40)")
+    parser.add_argument("--peer-repeats", type=int, default=7, help="timed repeats for the peers (default 7)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for every backend (default 1: stable figures on a shared 2-core box)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for our torch backend")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     rows = run(args.repeats, args.device, args.peer_repeats)
