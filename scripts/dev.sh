@@ -52,6 +52,9 @@ case "$cmd" in
     exec "$VENV/bin/qshield" demo "$@" ;;
   bench)
     setup
-    for f in bench/*.py; do echo "== $f"; "$VENV/bin/python" "$f" "$@"; done ;;
+    for f in bench/quantum_layer.py bench/hybrid_epoch.py bench/orchestration.py; do
+      m=${f%.py}; m=${m//\//.}
+      echo "== python -m $m"; "$VENV/bin/python" -m "$m"
+    done ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;
 esac
