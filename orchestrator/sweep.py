@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from .scoring import knee_point, pareto_front
 from .space import SweepSpace, make_tune_config, to_tune_param_space
-from .tracking import SweepTracker
+from .tracking import SweepTracker, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,16 @@ def run_sweep(
                 verbose=verbose,
             ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # Tune wraps a callback's exception in a TuneError holding the traceback as text
+        lost = _tracking_error(exc)
+        if lost is None:
+            raise
+        raise TrackingError(
+            f"{lost}; the sweep stopped rather than run on untracked, and its state is kept in {exp_path}: run it "
+            f"again with the same name to resume once the tracking server answers"
+        ) from exc
 
     result = SweepResult(name, storage, tracker.tracking_uri, parent, space.directions())
     for r in grid:
@@ -179,6 +188,18 @@ def run_sweep(
         )
     summarise(result, tracker)
     return result
+
+
+def _tracking_error(exc: BaseException) -> TrackingError | None:
+    """The :class:`TrackingError` in ``exc``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TrackingError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _error_text(error: BaseException) -> str:
