@@ -77,9 +77,25 @@ class MLflowTrialCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run(trial)
-        message = "unknown error"
-        error_file = getattr(trial, "error_file", None)
-        if error_file and Path(error_file).exists():
-            message = Path(error_file).read_text(errors="replace").strip().splitlines()[-1][:2000]
+        message = _trial_error_message(trial)
         self.tracker.set_tags(run_id, {"qshield.error": message})
         self.tracker.finish(run_id, "FAILED")
+
+
+def _trial_error_message(trial: Any) -> str:
+    """``ExceptionType: message`` of the trial's own exception (Ray wraps it; its ``cause`` is the original), from
+    the error Tune stored; the last line of Tune's text trace only when the exception could not be read back."""
+    from .sweep import _error_text
+
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unreadable pickled error falls back to the text trace below
+        error = None
+    if error is not None:
+        return _error_text(error)
+    error_file = getattr(trial, "error_file", None)
+    if error_file and Path(error_file).exists():
+        lines = Path(error_file).read_text(errors="replace").strip().splitlines()
+        if lines:
+            return lines[-1][:2000]
+    return "unknown error"

@@ -118,8 +118,8 @@ def tune_state(exp_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def same_error(tag: str, error: str) -> bool:
-    """``qshield.error`` (the last line of Tune's traceback, the class possibly module-qualified, e.g.
-    ``qshield.data._errors.DatasetFormatError: msg``) names the same exception and message as ``error``."""
+    """``qshield.error`` (``Type: message`` of the trial's own exception; a module-qualified class is accepted,
+    e.g. ``qshield.data._errors.DatasetFormatError: msg``) names the same exception and message as ``error``."""
     tag_type, _, tag_message = tag.partition(": ")
     error_type, _, error_message = error.partition(": ")
     return tag_type.rsplit(".", 1)[-1] == error_type and tag_message == error_message
