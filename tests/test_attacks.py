@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from qshield.attacks import (
@@ -20,6 +18,8 @@ from qshield.attacks import (
     build_attack,
     get_preset,
 )
+
+from tests._digits import train_digits_mlp
 
 # Small settings so that every attack runs in well under a second on 8x8 digits.
 SMALL = {
@@ -34,35 +34,12 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _train_digits_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    y = torch.tensor(digits.target, dtype=torch.long)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(150):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    model.eval()
-    return model, x, y
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A trained MLP and 24 test images it classifies correctly."""
-    model, x, y = _train_digits_mlp()
+    model, x, y = train_digits_mlp()
     with torch.no_grad():
         ok = model(x).argmax(1) == y
     idx = ok.nonzero().flatten()[:24]

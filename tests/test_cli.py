@@ -23,14 +23,6 @@ DIGITS_EPS = 32 / 255  # qshield.attacks.DEFAULT_EPS["digits"], the reference's 
 QUICK_MASKING = ["--masking-examples", "8", "--masking-steps", "3", "--masking-queries", "20"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """One torch thread for these tiny models (much faster than two on a busy 2-core machine); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _train(tmp: Path, name: str, *flags: str) -> Path:
     out = tmp / f"{name}.pt"

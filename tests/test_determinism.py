@@ -75,14 +75,6 @@ def is_timing(key: str) -> bool:
     return "seconds" in key or "time" in key
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded on a shared 2-core machine (and the trainable sets cpus=1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @dataclass
 class Run:

@@ -33,14 +33,6 @@ from qshield.models.fusion import branch_statistics
 SHAPES = [(1, 28), (3, 32), (1, 8)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _x(channels: int, size: int, batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
