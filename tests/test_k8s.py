@@ -15,7 +15,9 @@ first, against hand-computed results) and then:
 * no committed file carries a secret value; every Secret/ConfigMap/PVC/Service reference resolves;
 * every pod runs as non-root with no privilege escalation, all capabilities dropped and RuntimeDefault seccomp;
 * the Ray head has num-cpus "0", autoscaling is on, the gpu overlay's worker group requests nvidia.com/gpu, the
-  shared results volume is mounted on head and workers under the sweep's storage path, and a retry resumes.
+  shared results volume is mounted on head and workers under the sweep's storage path, and a retry resumes;
+* the standalone RayCluster qshield-ray (components/raycluster: in the gpu overlay, opt-in in cpu-dev) validates
+  against the CRD and the Kubernetes schemas and equals the RayJob's rayClusterSpec but for the runtime env.
 """
 
 from __future__ import annotations
@@ -113,17 +115,22 @@ def _dockerfile_args(path: Path) -> dict[str, str]:
     return args
 
 
+def _cluster_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    """The RayCluster spec of a RayJob (spec.rayClusterSpec) or of a standalone RayCluster (spec)."""
+    return obj["spec"]["rayClusterSpec"] if obj["kind"] == "RayJob" else obj["spec"]
+
+
 def _pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(label, pod spec) of every pod an object will create."""
     name = obj["metadata"]["name"]
     if obj["kind"] in WORKLOAD_KINDS:
         yield f"{obj['kind']}/{name}", obj["spec"]["template"]["spec"]
-    elif obj["kind"] == "RayJob":
-        cluster = obj["spec"]["rayClusterSpec"]
-        yield f"RayJob/{name} head", cluster["headGroupSpec"]["template"]["spec"]
+    elif obj["kind"] in ("RayJob", "RayCluster"):
+        cluster = _cluster_spec(obj)
+        yield f"{obj['kind']}/{name} head", cluster["headGroupSpec"]["template"]["spec"]
         for group in cluster.get("workerGroupSpecs", []):
-            yield f"RayJob/{name} worker group {group['groupName']}", group["template"]["spec"]
-        if "submitterPodTemplate" in obj["spec"]:
+            yield f"{obj['kind']}/{name} worker group {group['groupName']}", group["template"]["spec"]
+        if obj["kind"] == "RayJob" and "submitterPodTemplate" in obj["spec"]:
             yield f"RayJob/{name} submitter", obj["spec"]["submitterPodTemplate"]["spec"]
 
 
@@ -502,12 +509,13 @@ def test_overlays_contain_the_whole_deployment(rendered: dict[str, list[dict[str
 
 
 def _pod_template_objects(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pod templates embedded in a RayJob, as v1 PodTemplate objects, to validate them with k8s schemas."""
+    """The pod templates embedded in a RayJob or RayCluster, as v1 PodTemplate objects, to validate them with k8s
+    schemas."""
     templates = []
-    if obj["kind"] == "RayJob":
-        cluster = obj["spec"]["rayClusterSpec"]
+    if obj["kind"] in ("RayJob", "RayCluster"):
+        cluster = _cluster_spec(obj)
         raw = [cluster["headGroupSpec"]["template"], *[g["template"] for g in cluster["workerGroupSpecs"]]]
-        if "submitterPodTemplate" in obj["spec"]:
+        if obj["kind"] == "RayJob" and "submitterPodTemplate" in obj["spec"]:
             raw.append(obj["spec"]["submitterPodTemplate"])
         for i, template in enumerate(raw):
             templates.append(
@@ -1062,14 +1070,15 @@ def test_every_pod_runs_unprivileged_with_resources(rendered: dict[str, list[dic
             # Everything except Ray's own processes (which write under /tmp/ray and $HOME) is read-only.
             if container["name"] not in ("ray-head", "ray-worker", "ray-job-submitter"):
                 assert context.get("readOnlyRootFilesystem") is True, where
-        if not label.startswith("RayJob"):
+        if not label.startswith(("RayJob", "RayCluster")):
             assert pod.get("automountServiceAccountToken") is False, label
             assert all("hostPath" not in v for v in pod.get("volumes", [])), label
-    autoscaler = _rayjob(objects)["spec"]["rayClusterSpec"]["autoscalerOptions"]
-    assert autoscaler["securityContext"]["runAsNonRoot"] is True
-    assert autoscaler["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
-    assert {"cpu", "memory"} <= set(autoscaler["resources"]["limits"])
+    for ray_object in [*_by_kind(objects, "RayJob"), *_by_kind(objects, "RayCluster")]:
+        autoscaler = _cluster_spec(ray_object)["autoscalerOptions"]
+        assert autoscaler["securityContext"]["runAsNonRoot"] is True
+        assert autoscaler["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
+        assert {"cpu", "memory"} <= set(autoscaler["resources"]["limits"])
     # read-only root filesystems get a writable /tmp
     for label, pod in pods:
         empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
@@ -1236,3 +1245,171 @@ def test_docs_walk_through_what_exists(rendered: dict[str, list[dict[str, Any]]]
             assert secret["metadata"]["name"] in doc, f"docs do not mention Secret {secret['metadata']['name']}"
     for phrase in ("backoffLimit", "port-forward", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "build.sh"):
         assert phrase in doc
+
+
+# ---- Standalone long-lived RayCluster (components/raycluster) -------------------------------------------------
+
+RAYCLUSTER = "qshield-ray"
+# runtimeEnvYAML's env_vars become container env vars on a standalone RayCluster (it has no runtime env).
+RUNTIME_ENV_NAMES = ("MLFLOW_TRACKING_URI", "QSHIELD_DATA", "PYTHONUNBUFFERED")
+CPU_DEV_COMPONENTS = ("../../components/auth", "../../components/raycluster", "../../components/raycluster-auth")
+
+
+def _enable_components(kustomization: Path, wanted: tuple[str, ...]) -> None:
+    """Uncomment ``# components:`` and the wanted ``#   - <component>`` lines of an overlay, as a user would."""
+    lines = kustomization.read_text().splitlines()
+    out = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped == "# components:" or any(stripped == f"#   - {c}" for c in wanted):
+            out.append(line.replace("# ", "", 1))
+        else:
+            out.append(line)
+    text = "\n".join(out) + "\n"
+    for component in wanted:
+        assert f"\n  - {component}\n" in text, f"{kustomization} has no commented line for {component}"
+    kustomization.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def raycluster_variants(
+    tmp_path_factory: pytest.TempPathFactory, rendered: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Renderings holding the standalone RayCluster: the gpu overlay as committed, and cpu-dev with the opt-in
+    component lines uncommented (without and with authentication)."""
+    variants = {"gpu": rendered["gpu"]}
+    for name, wanted in (
+        ("cpu-dev+raycluster", CPU_DEV_COMPONENTS[1:2]),
+        ("cpu-dev+raycluster+auth", CPU_DEV_COMPONENTS),
+    ):
+        tree = tmp_path_factory.mktemp(name.replace("+", "-")) / "k8s"
+        shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("*.env", "__pycache__"))
+        _enable_components(tree / "overlays" / "cpu-dev" / "kustomization.yaml", wanted)
+        variants[name] = render_mod.render(tree / "overlays" / "cpu-dev", env_fallback_suffix=".example")
+    return variants
+
+
+def test_raycluster_is_in_the_gpu_overlay_and_opt_in_for_cpu_dev(
+    rendered: dict[str, list[dict[str, Any]]], raycluster_variants: dict[str, list[dict[str, Any]]]
+) -> None:
+    assert _one(rendered["gpu"], "RayCluster", RAYCLUSTER)["metadata"]["namespace"] == "qshield"
+    assert _by_kind(rendered["cpu-dev"], "RayCluster") == [], "cpu-dev as committed deploys the RayJob alone"
+    for name, objects in raycluster_variants.items():
+        assert len(_by_kind(objects, "RayCluster")) == 1, name
+        assert len(_by_kind(objects, "RayJob")) == 1, name
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu-dev+raycluster", "cpu-dev+raycluster+auth"])
+def test_raycluster_validates_against_kuberay_crd_and_kubernetes_schemas(
+    raycluster_variants: dict[str, list[dict[str, Any]]], crd_validators: dict[str, Any], variant: str
+) -> None:
+    raycluster = _one(raycluster_variants[variant], "RayCluster", RAYCLUSTER)
+    assert raycluster["apiVersion"] == "ray.io/v1"
+    assert _crd_errors(crd_validators["RayCluster"], raycluster) == []
+    templates = _pod_template_objects(raycluster)
+    assert len(templates) == 1 + len(raycluster["spec"]["workerGroupSpecs"]) + 1  # head, workers, autoscaler
+    for version in K8S_VERSIONS:
+        for template in templates:
+            kubernetes_validate.validate(template, version, strict=True)
+    # the validator sees the RayCluster itself: a typo in its spec fails
+    broken = copy.deepcopy(raycluster)
+    broken["spec"]["enableInTreeAutoScaling"] = True
+    assert any("enableInTreeAutoScaling" in e for e in _crd_errors(crd_validators["RayCluster"], broken))
+
+
+def _without_runtime_env(cluster: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """A copy of a RayCluster spec with the runtime-env variables taken out of its Ray containers, and those
+    variables per container."""
+    cluster = copy.deepcopy(cluster)
+    taken = []
+    pods = [cluster["headGroupSpec"]["template"]["spec"], *[g["template"]["spec"] for g in cluster["workerGroupSpecs"]]]
+    for pod in pods:
+        container = pod["containers"][0]
+        env = container.get("env", [])
+        taken.append({e["name"]: e["value"] for e in env if e["name"] in RUNTIME_ENV_NAMES})
+        kept = [e for e in env if e["name"] not in RUNTIME_ENV_NAMES]
+        if kept:
+            container["env"] = kept
+        else:
+            container.pop("env", None)
+    return cluster, taken
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu-dev+raycluster", "cpu-dev+raycluster+auth"])
+def test_raycluster_is_the_rayjobs_cluster(raycluster_variants: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    """The standalone cluster is the RayJob's rayClusterSpec, apart from the runtime env moved into the containers
+    (and, in cpu-dev, the Ray container sizes, which cpu-dev's small-cluster patch sets on the RayJob only)."""
+    objects = raycluster_variants[variant]
+    rayjob = _rayjob(objects)
+    standalone, env_per_container = _without_runtime_env(_one(objects, "RayCluster", RAYCLUSTER)["spec"])
+    expected = copy.deepcopy(rayjob["spec"]["rayClusterSpec"])
+    runtime_env = {k: str(v) for k, v in yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"].items()}
+    assert set(runtime_env) == set(RUNTIME_ENV_NAMES), "a new runtime env var must reach the RayCluster too"
+    assert env_per_container == [runtime_env] * len(env_per_container)
+    if variant.startswith("cpu-dev"):
+        for cluster in (standalone, expected):
+            for pod in [
+                cluster["headGroupSpec"]["template"]["spec"],
+                *[g["template"]["spec"] for g in cluster["workerGroupSpecs"]],
+            ]:
+                pod["containers"][0].pop("resources")
+    assert standalone == expected
+    # the comparison is not vacuous: one drifted field is seen
+    drifted = copy.deepcopy(standalone)
+    drifted["workerGroupSpecs"][0]["maxReplicas"] += 1
+    assert drifted != expected
+
+
+@pytest.mark.parametrize("variant", ["gpu", "cpu-dev+raycluster", "cpu-dev+raycluster+auth"])
+def test_raycluster_shape_security_and_image(
+    raycluster_variants: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    objects = raycluster_variants[variant]
+    cluster = _one(objects, "RayCluster", RAYCLUSTER)["spec"]
+    ray_version, version = _lock_pin("ray"), _project_version()
+    assert cluster["rayVersion"] == ray_version
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert cluster["enableInTreeAutoscaling"] is True
+    for group in cluster["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+        assert group["maxReplicas"] >= 1
+    gpu_limits = [
+        group["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+        for group in cluster["workerGroupSpecs"]
+    ]
+    if variant == "gpu":
+        assert any(limit is not None and int(limit) >= 1 for limit in gpu_limits), gpu_limits
+    else:
+        assert gpu_limits == [None] * len(gpu_limits)
+    variant_tag = "py311-gpu" if variant == "gpu" else "py311"
+    pods = list(_pod_specs(_one(objects, "RayCluster", RAYCLUSTER)))
+    images = {c["image"] for _, pod in pods for c in _containers(pod)}
+    assert images == {f"qshield:{version}-ray{ray_version}-{variant_tag}"}, images
+    for label, pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True, label
+        assert pod["securityContext"]["runAsUser"] != 0, label
+        for container in _containers(pod):
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, (label, container["name"])
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], (label, container["name"])
+        claims = _mounts_of_claim(pod, pod["containers"][0], "qshield-ray-results")
+        assert claims == ["/mnt/qshield"], (label, claims)
+    assert cluster["autoscalerOptions"]["securityContext"]["runAsNonRoot"] is True
+    # the dashboard / job API port that `ray job submit` reaches through port-forward
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"name": "dashboard", "containerPort": 8265} in head["ports"]
+    secrets = {o["metadata"]["name"]: set(o["data"]) for o in _by_kind(objects, "Secret")}
+    if "qshield-ray-auth" in secrets:  # authentication on for the RayJob: on for the long-lived cluster too
+        assert cluster["authOptions"] == {"mode": "token", "secretName": "qshield-ray-auth"}
+        assert "auth_token" in secrets["qshield-ray-auth"]
+    else:
+        assert "authOptions" not in cluster
+
+
+def test_docs_explain_the_long_lived_raycluster() -> None:
+    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert "## Long-lived RayCluster + ray job submit" in doc
+    section = doc.split("## Long-lived RayCluster + ray job submit", 1)[1].split("\n## ", 1)[0]
+    assert f"svc/{RAYCLUSTER}-head-svc 8265:8265" in section
+    assert "ray job submit --address http://localhost:8265" in section
+    for component in CPU_DEV_COMPONENTS:
+        assert component.removeprefix("../../") in section
