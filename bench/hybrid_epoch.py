@@ -16,7 +16,7 @@ hybrid step.
 Writes the table to docs/benchmarks.md between ``<!-- bench:hybrid_epoch:begin -->`` and
 ``<!-- bench:hybrid_epoch:end -->`` unless --no-write (other sections of that file are left alone).
 
-    python bench/hybrid_epoch.py [--repeats 5] [--threads 1] [--device cpu] [--no-write]
+    python -m bench.hybrid_epoch [--repeats 5] [--threads 1] [--device cpu] [--no-write]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -36,27 +35,10 @@ from qshield.models import ModelConfig, build_model
 from qshield.quantum import Entanglement
 from qshield.training import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
+from bench.quantum_layer import DOC, ROOT, _cpu_name, write_section
+
 SECTION = "hybrid_epoch"
 TARGET = 1.15
-
-
-def write_section(text: str, section_key: str, doc: Path = DOC) -> None:
-    """Replace the marked section ``section_key`` of ``doc`` (appending it, or creating the file, if absent).
-
-    Same marker format as ``bench/quantum_layer.py``; everything outside the markers is kept byte for byte.
-    """
-    begin, end = f"<!-- bench:{section_key}:begin -->", f"<!-- bench:{section_key}:end -->"
-    current = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in current and end in current:
-        head, rest = current.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        current = head + block + tail
-    else:
-        current = current.rstrip() + f"\n\n{block}\n"
-    doc.write_text(current, encoding="utf-8")
 
 
 def configs(entanglement: str) -> dict[str, ModelConfig]:
@@ -141,16 +123,6 @@ def run(repeats: int, device: str, entanglement: str, batch_size: int) -> dict:
             "load": (load_before[0], load_after[0]), "steps": steps}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def render(res: dict) -> str:
     cnn_name, hyb_name = res["names"]
     cnn, hyb = res["times"][cnn_name], res["times"][hyb_name]
@@ -159,7 +131,7 @@ def render(res: dict) -> str:
     paired = statistics.median(h / c for h, c in zip(hyb, cnn))
     met = "yes" if paired <= TARGET else "NO"
     lines = [
-        f"Measured by `python bench/hybrid_epoch.py` on {platform.machine()} ({_cpu_name()}, {os.cpu_count()} "
+        f"Measured by `python -m bench.hybrid_epoch` on {platform.machine()} ({_cpu_name()}, {os.cpu_count()} "
         f"cores, torch threads: {torch.get_num_threads()}), device `{res['device']}`, Python "
         f"{platform.python_version()}, torch {torch.__version__}. One epoch of `qshield.training.train` on "
         f"`mnist5k` ({res['n_train']} training images, 28x28), batch {res['batch_size']}, Adam lr 1e-3 wd 1e-4; "
