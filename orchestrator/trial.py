@@ -80,6 +80,14 @@ def model_config_from_params(params: Mapping[str, Any], bundle: DatasetBundle | 
     )
 
 
+def space_attacks(space: SweepSpace) -> tuple[AttackConfig, ...]:
+    """The space's attacks, each with its resolved ε and per-attack overrides."""
+    return tuple(
+        AttackConfig(name.value, eps=space.eps_for(name), params=space.attack_overrides(name))
+        for name in space.attacks.names
+    )
+
+
 def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBundle | DatasetSpec) -> TrialPlan:
     """Resolve a trial's configs; raises ``ValueError`` naming the field on a bad combination."""
     model = model_config_from_params(params, bundle)
@@ -91,10 +99,7 @@ def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBund
         seed=space.seed,
         method=params["method"],
     )
-    attacks = tuple(
-        AttackConfig(name.value, eps=space.eps_for(name), params=space.attack_overrides(name))
-        for name in space.attacks.names
-    )
+    attacks = space_attacks(space)
     return TrialPlan(model=model, train=train_cfg, attacks=attacks, params=dict(params))
 
 
@@ -215,10 +220,7 @@ def evaluate_trained(
     """Clean accuracy on the test split and the space's attacks on its first ``n_eval`` images (seeded)."""
     bundle = bundle or load_trial_data(space)
     if attacks is None:
-        attacks = tuple(
-            AttackConfig(name.value, eps=space.eps_for(name), params=space.attack_overrides(name))
-            for name in space.attacks.names
-        )
+        attacks = space_attacks(space)
     model.eval()
     test_x, test_y = bundle.test.tensors
     accuracy = float(evaluate_dataset(model, bundle.test, batch_size=256)["accuracy"])
