@@ -551,7 +551,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for attack, key, value in args.attack_params:
         params.setdefault(attack, {})[key] = value
     try:
-        attacks = [AttackConfig(name, eps if ATTACKS[name].uses_eps else None, params.get(name, {}))
+        attacks = [AttackConfig(name, eps if ATTACKS[name].uses_eps else None, params.get(name, {})).resolve(dataset)
                    for name in args.attacks]
     except ValueError as err:
         parser.error(f"argument --set: {err}")

@@ -95,7 +95,7 @@ def test_default_eps_table():
 
 def test_torchattacks_objects_carry_the_reference_hyperparameters(digits):
     model, _, _ = digits
-    pgd = build_attack(model, "pgd", dataset="mnist")
+    pgd = build_attack(model, "pgd", dataset="mnist", allow_unreachable=True)  # 2/255 x 10 < 32/255: opt in
     assert (pgd.eps, pgd.alpha, pgd.steps, pgd.random_start) == (32 / 255, 2 / 255, 10, True)
     apgd = build_attack(model, "apgd", dataset="organamnist")
     assert (apgd.eps, apgd.norm, apgd.loss, apgd.steps, apgd.n_restarts, apgd.thr_decr, apgd.eot_iter, apgd.seed) == (
@@ -133,11 +133,33 @@ def test_eps_resolution_order(digits):
 
 
 def test_config_resolve_fills_every_parameter():
-    cfg = AttackConfig("PGD", params={"steps": 3}).resolve("organamnist")
+    cfg = AttackConfig("PGD", params={"steps": 4}).resolve("organamnist")
     assert cfg.name == "pgd" and cfg.eps == DEFAULT_EPS["organamnist"]
-    assert cfg.params == {"alpha": 2 / 255, "steps": 3, "random_start": True, "eot_iter": 1}
+    assert cfg.params == {"alpha": 2 / 255, "steps": 4, "random_start": True, "eot_iter": 1,
+                          "allow_unreachable": False}
     assert hash(cfg) == hash(AttackConfig("pgd", DEFAULT_EPS["organamnist"], dict(cfg.params)))
-    assert cfg.to_dict()["params"]["steps"] == 3
+    assert cfg.to_dict()["params"]["steps"] == 4 and cfg.reaches_eps
+
+
+@pytest.mark.parametrize("name", [n for n, p in ATTACKS.items() if p.reach is not None])
+def test_an_attack_that_cannot_reach_its_eps_is_refused_unless_opted_in(name):
+    # the reference's alpha = 2/255 with 10 steps reaches 20/255: enough for OrganAMNIST's 8/255 (kept) ...
+    assert AttackConfig(name).resolve("organamnist").params["alpha"] == 2 / 255
+    # ... not for MNIST's 32/255: without an explicit alpha, Madry's 2.5 * eps / steps is used
+    auto = AttackConfig(name).resolve("mnist")
+    assert auto.params["alpha"] == pytest.approx(2.5 * (32 / 255) / 10) and auto.reaches_eps
+    assert AttackConfig(name, params={"steps": 40}).resolve("mnist").params["alpha"] == 2 / 255  # 80/255 reach
+    # an explicit alpha that cannot reach eps is refused, naming the fields and the fixes
+    with pytest.raises(ValueError, match=rf"{name}: alpha=.* x steps=10 .* cannot reach eps=.*32/255.*allow_unreachable"):
+        AttackConfig(name, params={"alpha": 2 / 255}).resolve("mnist")
+    with pytest.raises(ValueError, match="cannot reach"):
+        AttackConfig(name, 0.1, {"alpha": 0.01, "steps": 9}).resolve()
+    assert AttackConfig(name, 0.1, {"alpha": 0.01, "steps": 10}).resolve().reaches_eps  # exactly reaches
+    # opting in keeps the paper's weak setting and marks it
+    weak = AttackConfig(name, params={"allow_unreachable": True}).resolve("mnist")
+    assert weak.params["alpha"] == 2 / 255 and not weak.reaches_eps
+    with pytest.raises(ValueError, match="allow_unreachable=1.*allowed values: a boolean"):
+        AttackConfig(name, params={"allow_unreachable": 1})
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -278,11 +300,11 @@ def test_query_counter_counts_batches_and_gradients():
     "name, override, per_example",
     [
         ("fgsm", {}, 1),
-        ("pgd", {"steps": 3}, 3),
-        ("pgd", {"steps": 7, "random_start": False}, 7),
-        ("pgd", {"steps": 2, "eot_iter": 3}, 6),  # torchattacks.EOTPGD
+        ("pgd", {"steps": 3, "alpha": 0.05}, 3),
+        ("pgd", {"steps": 7, "random_start": False, "alpha": 0.05}, 7),
+        ("pgd", {"steps": 2, "eot_iter": 3, "alpha": 0.05}, 6),  # torchattacks.EOTPGD
         ("fgsm", {"eot_iter": 4}, 4),  # EOTWrapper
-        ("vmifgsm", {"steps": 2, "N": 3}, 2 * (1 + 3)),
+        ("vmifgsm", {"steps": 2, "N": 3, "alpha": 0.05}, 2 * (1 + 3)),
     ],
 )
 def test_gradient_attack_query_counts_match_the_algorithm(digits, name, override, per_example):

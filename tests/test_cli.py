@@ -102,15 +102,21 @@ def test_results_table_has_one_row_per_model_and_attack(evaluated: Path) -> None
     df = pd.read_csv(evaluated / "results.csv")
     assert list(df.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
     assert {"attack_seconds", "queries_per_example"} <= set(df.columns)
-    assert list(zip(df["model"], df["attack"])) == [("cnn", "fgsm"), ("cnn", "pgd"), ("hyb", "fgsm"), ("hyb", "pgd")]
+    assert list(zip(df["model"], df["attack"])) == [
+        ("cnn", "fgsm"), ("cnn", "pgd"), ("cnn", "worst-case"), ("hyb", "fgsm"), ("hyb", "pgd"), ("hyb", "worst-case")
+    ]
     assert (df["n_total"] == 40).all() and (df["dataset"] == "digits").all()
-    assert df["eps"].to_numpy() == pytest.approx([DIGITS_EPS] * 4)
-    # counted queries: FGSM = 1 forward + 1 backward, PGD (10 steps) = 10 + 10 per example
-    assert df["queries_per_example"].to_numpy() == pytest.approx([2, 20, 2, 20])
+    assert df["eps"].to_numpy() == pytest.approx([DIGITS_EPS] * 6)
+    # counted queries: FGSM = 1 forward + 1 backward, PGD (10 steps) = 10 + 10 per example; worst case: the suite
+    assert df["queries_per_example"].to_numpy() == pytest.approx([2, 20, 22, 2, 20, 22])
     assert df["attack_seconds"].to_numpy() == pytest.approx((df["seconds_per_example"] * df["n_attacked"]).to_numpy())
+    # the worst case is never better than the weakest row of its model
+    for model in ("cnn", "hyb"):
+        rows = df[df["model"] == model].set_index("attack")
+        assert rows.loc["worst-case", "robust_accuracy"] <= rows.loc[["fgsm", "pgd"], "robust_accuracy"].min()
     markdown = (evaluated / "results.md").read_text()
     for model in ("cnn", "hyb"):
-        assert sum(line.startswith(f"| {model} |") for line in markdown.splitlines()) == 2
+        assert sum(line.startswith(f"| {model} |") for line in markdown.splitlines()) == 3
 
 
 def test_odr_and_fgsm_asr_match_an_independent_computation(trained: dict[str, Path], evaluated: Path) -> None:

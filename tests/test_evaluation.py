@@ -33,9 +33,9 @@ from tests._digits import train_digits_mlp
 FAST_MASKING = MaskingConfig(n_examples=24, steps=10, square_queries=100)
 SMALL = {
     "fgsm": {},
-    "pgd": {"steps": 4},
+    "pgd": {"steps": 4, "alpha": 8 / 255},  # 4 x 8/255 reaches the digits' 32/255
     "apgd": {"steps": 4},
-    "vmifgsm": {"steps": 2, "N": 2},
+    "vmifgsm": {"steps": 2, "N": 2, "alpha": 16 / 255},
     "cw": {"c": 1.0, "steps": 5, "binary_search_steps": 2},
     "deepfool": {"steps": 5},
     "onepixel": {"steps": 3, "popsize": 5},
@@ -169,7 +169,7 @@ def test_evaluate_attack_counts_match_an_independent_count(digits, name):
 def test_fgsm_and_pgd_cost_exactly_their_steps(digits):
     model, x, y = digits
     fgsm = evaluate_attack(model, x, y, "fgsm", eps=0.1)
-    pgd = evaluate_attack(model, x, y, AttackConfig("pgd", 0.1, {"steps": 6}))
+    pgd = evaluate_attack(model, x, y, AttackConfig("pgd", 0.1, {"steps": 6, "alpha": 0.025}))
     assert (fgsm.forward_per_example, fgsm.backward_per_example) == (1.0, 1.0)
     assert (pgd.forward_per_example, pgd.backward_per_example) == (6.0, 6.0)
     # An explicit eps beats the config's own (as in build_attack); evaluate() uses eps only as a default.
@@ -202,7 +202,7 @@ def test_evaluate_builds_a_report(digits):
     model, x, y = digits
     attacks = [
         "fgsm",
-        AttackConfig("pgd", params={"steps": 3}),
+        AttackConfig("pgd", params={"steps": 3, "alpha": 12 / 255}),
         AttackConfig("square", eps=0.2, params={"n_queries": 40}),
     ]
     report = evaluate(model, x, y, attacks, dataset="digits", masking=FAST_MASKING, progress=True, model_name="mlp")
@@ -236,11 +236,25 @@ def test_results_table_csv_and_markdown(digits, tmp_path):
     )
     table = results_table([good, bad])
     assert list(table.columns) == list(TABLE_COLUMNS)
-    assert list(zip(table["model"], table["attack"])) == [("mlp", "fgsm"), ("mlp", "deepfool"), ("quantised", "fgsm")]
+    assert list(zip(table["model"], table["attack"])) == [
+        ("mlp", "fgsm"), ("mlp", "deepfool"), ("mlp", "worst-case"), ("quantised", "fgsm"), ("quantised", "worst-case")
+    ]
     assert table.loc[0, "asr"] == good.result("fgsm").asr
     assert math.isnan(table.loc[1, "eps"])
-    assert list(table["trustworthy"]) == [True, True, False]
-    assert table.loc[2, "masking"].startswith("MASKING: ")
+    assert list(table["trustworthy"]) == [True, True, True, False, False]
+    assert table.loc[3, "masking"].startswith("MASKING: ")
+    # the worst-case row: an image counts as robust only if neither fgsm nor deepfool fooled it
+    wc = table.loc[2]
+    assert wc["robust_accuracy"] <= min(table.loc[0, "robust_accuracy"], table.loc[1, "robust_accuracy"])
+    assert wc["robust_accuracy"] == good.worst_case.robust_accuracy
+    # every rate's interval is the Wilson score interval of its counts (closed form, computed here)
+    for rate, k, n in (
+        ("asr", good.result("fgsm").n_fooled, good.result("fgsm").n_attacked),
+        ("robust_accuracy", good.worst_case.n_robust, good.worst_case.n_total),
+    ):
+        row = table.loc[0] if rate == "asr" else wc
+        assert (row[f"{rate}_ci_low"], row[f"{rate}_ci_high"]) == pytest.approx(_wilson(k, n))
+        assert row[f"{rate}_ci_low"] <= row[rate] <= row[f"{rate}_ci_high"]
 
     csv_path, md_path = write_results([good, bad], tmp_path / "out", stem="digits")
     back = pd.read_csv(csv_path)
@@ -251,12 +265,23 @@ def test_results_table_csv_and_markdown(digits, tmp_path):
     lines = md.splitlines()
     mlp_rows = [l for l in lines if l.startswith("| mlp ")]
     bad_rows = [l for l in lines if l.startswith("| quantised ")]
-    assert len(mlp_rows) == 2 and len(bad_rows) == 1
+    assert len(mlp_rows) == 3 and len(bad_rows) == 2
     assert all("⚠" not in l for l in mlp_rows) and bad_rows[0].count("⚠") == 3
-    assert f"{100 * good.result('fgsm').asr:.2f}" in mlp_rows[0] and "32/255" in mlp_rows[0]
+    lo, hi = _wilson(good.result("fgsm").n_fooled, good.result("fgsm").n_attacked)
+    asr_text = f"{100 * good.result('fgsm').asr:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert asr_text in mlp_rows[0] and "32/255" in mlp_rows[0]
+    assert "**worst-case**" in mlp_rows[2]
     assert "gradient-masking diagnostics" in md
     with pytest.raises(ValueError, match="stem"):
         write_results(table, tmp_path, stem="a/b")
+
+
+def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval in closed form (Wilson 1927), independent of the library's SciPy call."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half, centre + half)
 
 
 class _Quantised(nn.Module):
@@ -289,10 +314,11 @@ def test_asr_vs_eps_and_plot(digits, tmp_path):
 
 def test_compare_with_paper(digits):
     model, x, y = digits
-    report = evaluate(model, x, y, ["fgsm", "pgd"], eps=0.1, diagnostics=False, progress=False, model_name="CNN")
+    pgd = AttackConfig("pgd", params={"alpha": 0.01})
+    report = evaluate(model, x, y, ["fgsm", pgd], eps=0.1, diagnostics=False, progress=False, model_name="CNN")
     paper = {"CNN": {"fgsm": 47.29}}
     cmp = compare_with_paper(report, paper)
-    assert list(cmp["attack"]) == ["fgsm", "pgd"]
+    assert list(cmp["attack"]) == ["fgsm", "pgd", "worst-case"]
     ours = 100 * report.result("fgsm").asr
     assert cmp.loc[0, "asr_ours_pct"] == pytest.approx(ours)
     assert cmp.loc[0, "delta_pct"] == pytest.approx(ours - 47.29)

@@ -110,7 +110,7 @@ def test_detached_input_fails_and_pgd_cannot_run(digits):
     assert diag.pgd_asr == () and math.isnan(diag.pgd_asr_at_eps)
     assert "detached" in diag.check("input_gradients").detail
     with pytest.raises(RuntimeError, match="attack 'pgd' failed on this model.*masks gradients"):
-        evaluate_attack(Wrap(model, "detach"), x[:20], y[:20], "pgd", eps=EPS)
+        evaluate_attack(Wrap(model, "detach"), x[:20], y[:20], "pgd", eps=EPS, alpha=EPS / 4)
 
 
 def test_nan_gradients_fail(digits):

@@ -14,10 +14,11 @@ from ._build import build_attack, make_attack
 from ._config import AttackConfig
 from ._cost import AdversaryCost, QueryCounter
 from ._eot import EOTWrapper
-from ._preset import EOT_PARAM, AttackPreset, EotMode, Norm, Param
+from ._preset import ALLOW_UNREACHABLE_PARAM, EOT_PARAM, AttackPreset, EotMode, Norm, Param
 from ._registry import ATTACKS, DEFAULT_EPS, available_attacks, get_preset, resolve_eps
 
 __all__ = [
+    "ALLOW_UNREACHABLE_PARAM",
     "ATTACKS",
     "DEFAULT_EPS",
     "EOT_PARAM",

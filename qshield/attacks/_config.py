@@ -9,7 +9,11 @@ from typing import Any
 from ._preset import AttackPreset
 from ._registry import check_dataset, check_eps, get_preset, resolve_eps
 
-__all__ = ["AttackConfig"]
+__all__ = ["MADRY_STEP_RATIO", "AttackConfig"]
+
+#: Step size of an iterative attack as a multiple of ``eps / steps`` when the preset's own cannot reach ε
+#: (Madry et al. 2018 use 2.5 so that the attack can cross the ball and come back).
+MADRY_STEP_RATIO = 2.5
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,41 @@ class AttackConfig:
 
         ``eps`` becomes the explicit value or the dataset's default for attacks with an ε budget (``ValueError``
         when neither is known) and None for attacks without one.
+
+        Step size of iterative attacks (PGD, VMI-FGSM): when ``alpha`` is not given, the preset's (the QShield
+        reference's 2/255) is used where ``alpha * steps`` reaches ε, else Madry et al.'s ``2.5 * eps / steps``
+        (e.g. MNIST's 32/255 with 10 steps: 8/255; the reference's 20/255 reach would leave a third of the ball
+        unexplored). An explicit ``alpha`` that cannot reach ε is refused with a ``ValueError`` naming the
+        fields, unless the config opts in with ``allow_unreachable=True`` (reproducing a paper's setting; then
+        :attr:`reaches_eps` is False and every report labels the row).
         """
         preset = self.preset
         dataset = check_dataset(dataset)
         params = preset.defaults(dataset)
         params.update(self.params)
-        return AttackConfig(self.name, resolve_eps(preset, self.eps, dataset), params)
+        eps = resolve_eps(preset, self.eps, dataset)
+        if preset.reach is not None and not preset.reaches(eps, params) and not params.get("allow_unreachable"):
+            assert eps is not None
+            steps = int(params["steps"])
+            if "alpha" not in self.params:
+                params["alpha"] = min(1.0, MADRY_STEP_RATIO * eps / steps)
+            else:
+                raise ValueError(
+                    f"{self.name}: alpha={params['alpha']:.6g} x steps={steps} = {preset.reach(params):.6g} cannot "
+                    f"reach eps={eps:.6g} ({eps * 255:.4g}/255): the attack stays inside a smaller ball and "
+                    f"understates the threat model; allowed values: alpha >= eps/steps = {eps / steps:.6g} (e.g. "
+                    f"alpha={MADRY_STEP_RATIO * eps / steps:.6g} = 2.5*eps/steps, Madry et al.) or more steps, or "
+                    f"allow_unreachable=True to reproduce a paper's setting (the row is labelled)"
+                )
+        return AttackConfig(self.name, eps, params)
+
+    @property
+    def reaches_eps(self) -> bool:
+        """False when this (resolved) config's ``alpha * steps`` is below its ε (see :meth:`resolve`)."""
+        preset = self.preset
+        params = preset.defaults()
+        params.update(self.params)
+        return preset.reaches(self.eps, params)
 
     def with_overrides(self, eps: float | None = None, **params: Any) -> AttackConfig:
         """A copy with ``eps`` (when given) and ``params`` replacing this config's values."""

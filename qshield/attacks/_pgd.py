@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from ._imports import construct, import_torchattacks
-from ._preset import EOT_PARAM, AttackPreset, EotMode, Norm, Param
+from ._preset import ALLOW_UNREACHABLE_PARAM, EOT_PARAM, AttackPreset, EotMode, Norm, Param, step_reach
 
 if TYPE_CHECKING:  # pragma: no cover
     import torchattacks
@@ -41,8 +41,10 @@ PGD_PRESET = AttackPreset(
         Param("steps", 10, int, minimum=1, doc="number of gradient steps"),
         Param("random_start", True, bool, doc="start from a uniform random point in the ε-ball"),
         EOT_PARAM,
+        ALLOW_UNREACHABLE_PARAM,
     ),
     factory=_build,
+    reach=step_reach,
     eot=EotMode.NATIVE,
     reference="Madry et al. 2018, arXiv:1706.06083",
 )

@@ -20,7 +20,7 @@ from torch import nn
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torchattacks
 
-__all__ = ["EOT_PARAM", "AttackPreset", "EotMode", "Norm", "Param"]
+__all__ = ["ALLOW_UNREACHABLE_PARAM", "EOT_PARAM", "AttackPreset", "EotMode", "Norm", "Param", "step_reach"]
 
 
 class Norm(str, enum.Enum):
@@ -118,6 +118,22 @@ EOT_PARAM = Param(
     doc="forward/backward passes averaged per gradient for models with stochastic parts (EOT; 1 = off)",
 )
 
+#: The opt-in every iterative ε attack with a fixed step accepts: run even though ``alpha * steps < eps`` (the
+#: attack cannot reach the edge of its own ε-ball, so its ASR understates the threat model). Only for
+#: reproducing a paper's setting; every report labels such a row.
+ALLOW_UNREACHABLE_PARAM = Param(
+    "allow_unreachable",
+    False,
+    bool,
+    doc="run although alpha * steps < eps (reproducing a paper's weak setting; the row is labelled)",
+)
+
+
+def step_reach(params: Mapping[str, Any]) -> float:
+    """How far (L∞) an attack of ``steps`` signed steps of size ``alpha`` can move: ``alpha * steps``."""
+    return float(params["alpha"]) * int(params["steps"])
+
+
 #: ``factory(model, eps, params) -> torchattacks.Attack``; ``params`` is complete and validated.
 Factory = Callable[[nn.Module, "float | None", Mapping[str, Any]], "torchattacks.Attack"]
 
@@ -137,6 +153,10 @@ class AttackPreset:
         eot: how ``eot_iter`` > 1 is realised (:class:`EotMode`).
         dataset_defaults: per-dataset overrides of defaults (e.g. C&W's binary-search steps on MNIST).
         reference: the paper the attack comes from.
+        reach: for iterative attacks with a fixed step, ``reach(params)`` is the largest L∞ distance the attack
+            can move (``alpha * steps``); a config whose reach is below its ε is refused unless it sets
+            ``allow_unreachable`` (:meth:`~qshield.attacks.AttackConfig.resolve`). None: the attack always
+            reaches its ε (single step of size ε, adaptive steps, or sampling on the ball's vertices).
     """
 
     name: str
@@ -149,6 +169,13 @@ class AttackPreset:
     eot: EotMode = EotMode.WRAP
     dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     reference: str = ""
+    reach: Callable[[Mapping[str, Any]], float] | None = None
+
+    def reaches(self, eps: float | None, params: Mapping[str, Any]) -> bool:
+        """Whether an attack with the complete ``params`` can reach the edge of an ε-ball (1e-9 slack)."""
+        if self.reach is None or eps is None:
+            return True
+        return self.reach(params) + 1e-9 >= eps
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from ._imports import construct, import_torchattacks
-from ._preset import EOT_PARAM, AttackPreset, EotMode, Norm, Param
+from ._preset import ALLOW_UNREACHABLE_PARAM, EOT_PARAM, AttackPreset, EotMode, Norm, Param, step_reach
 
 if TYPE_CHECKING:  # pragma: no cover
     import torchattacks
@@ -47,8 +47,10 @@ VMIFGSM_PRESET = AttackPreset(
         Param("N", 5, int, minimum=1, doc="neighbours sampled for the gradient variance"),
         Param("beta", 1.5, float, minimum=0.0, doc="neighbourhood radius as a multiple of ε"),
         EOT_PARAM,
+        ALLOW_UNREACHABLE_PARAM,
     ),
     factory=_build,
+    reach=step_reach,
     eot=EotMode.WRAP,
     reference="Wang & He 2021, arXiv:2103.15571",
 )

@@ -1,7 +1,11 @@
 """Honest robustness evaluation: the QShield paper's metrics, counted adversary cost, masking diagnostics.
 
 * Metrics (:func:`odr`, :func:`asr`, :func:`robust_accuracy`): ODR = clean accuracy; only correctly classified
-  images are attacked; ASR = misclassified adversarials / attacked.
+  images are attacked; ASR = misclassified adversarials / attacked. Every rate carries a 95% Wilson interval
+  (:func:`wilson_interval`).
+* The field's robust accuracy is the per-example worst case over the attack suite (:class:`WorstCase`, in every
+  :class:`EvaluationReport`); the adversary cost that measures the model is the smallest ε that flips each
+  image (:func:`minimal_eps`). A model near chance level is never trustworthy.
 * :func:`evaluate_attack` runs one attack and returns an :class:`AttackResult` with seconds and counted
   forward/backward passes per example; :func:`evaluate` runs a list of attacks plus
   :func:`check_gradient_masking` and returns an :class:`EvaluationReport` whose ``trustworthy`` flag is False
@@ -14,7 +18,7 @@ See ``docs/attacks.md``.
 
 from __future__ import annotations
 
-from ._evaluate import asr_vs_eps, evaluate, evaluate_attack
+from ._evaluate import asr_vs_eps, evaluate, evaluate_attack, worst_case
 from ._masking import (
     CHECK_NAMES,
     CheckResult,
@@ -23,9 +27,11 @@ from ._masking import (
     check_gradient_masking,
     judge_attack_checks,
 )
-from ._metrics import asr, odr, robust_accuracy
+from ._metrics import CONFIDENCE, asr, difference_interval, odr, robust_accuracy, wilson_interval
+from ._min_eps import MinEpsConfig, minimal_eps
 from ._report import (
     TABLE_COLUMNS,
+    WORST_CASE,
     compare_with_paper,
     comparison_markdown,
     plot_asr_vs_eps,
@@ -33,11 +39,21 @@ from ._report import (
     results_table,
     write_results,
 )
-from ._results import AsrCurve, AttackResult, EvaluationReport
+from ._results import CHANCE_MARGIN, AsrCurve, AttackResult, EvaluationReport, MinimalEps, WorstCase
 
 __all__ = [
+    "CHANCE_MARGIN",
     "CHECK_NAMES",
+    "CONFIDENCE",
+    "MinEpsConfig",
+    "MinimalEps",
+    "WorstCase",
+    "difference_interval",
+    "minimal_eps",
+    "wilson_interval",
+    "worst_case",
     "TABLE_COLUMNS",
+    "WORST_CASE",
     "AsrCurve",
     "AttackResult",
     "CheckResult",

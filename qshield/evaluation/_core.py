@@ -210,5 +210,6 @@ def run_attack(
         backward_per_example=cost.backward_per_example,
         n_fooled=n_fooled,
         config=config,
+        reaches_eps=config.reaches_eps,
     )
     return result, adv_pred

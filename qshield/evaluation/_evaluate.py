@@ -1,4 +1,5 @@
-"""``evaluate_attack`` (one attack), ``evaluate`` (a list of attacks plus masking diagnostics), ``asr_vs_eps``."""
+"""``evaluate_attack`` (one attack), ``evaluate`` (a suite of attacks with its per-example worst case, the smallest
+flipping ε and the masking diagnostics), ``asr_vs_eps``."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from qshield.attacks._registry import check_dataset, check_eps
 from ._core import as_config, check_batch_size, check_data, check_outputs, eval_mode, predict, run_attack
 from ._masking import MaskingConfig, check_gradient_masking
 from ._metrics import odr
-from ._results import AsrCurve, AttackResult, EvaluationReport
+from ._min_eps import MinEpsConfig, minimal_eps
+from ._results import AsrCurve, AttackResult, EvaluationReport, WorstCase
 
-__all__ = ["asr_vs_eps", "evaluate", "evaluate_attack"]
+__all__ = ["asr_vs_eps", "evaluate", "evaluate_attack", "worst_case"]
 
 
 def _check_seed(seed: object) -> int:
@@ -28,8 +30,10 @@ def _check_seed(seed: object) -> int:
     return seed
 
 
-def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Clean predictions ``[N]``; checks the output shape and label range on the first batch."""
+def _clean_pass(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, int]:
+    """Clean predictions ``[N]`` and the number of classes; checks output shape and label range on the first batch."""
     with torch.no_grad():
         first = model(images[:batch_size].to(model_device(model)))
     check_outputs(first, labels[:batch_size].to(first.device))
@@ -43,7 +47,46 @@ def _clean_pass(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ba
         if len(images) > batch_size
         else torch.empty(0, dtype=torch.long)
     )
-    return torch.cat([first.argmax(dim=1).cpu(), rest])
+    return torch.cat([first.argmax(dim=1).cpu(), rest]), int(first.shape[1])
+
+
+def worst_case(
+    clean_pred: torch.Tensor, labels: torch.Tensor, adv_preds: Sequence[tuple[str, torch.Tensor]]
+) -> WorstCase:
+    """The per-example worst case over a suite (:class:`~qshield.evaluation.WorstCase`).
+
+    Args:
+        clean_pred: clean predictions ``[N]``.
+        labels: ``[N]``.
+        adv_preds: ``(attack name, predictions after that attack [N])`` per attack, in suite order (each equal to
+            ``clean_pred`` on the images it did not attack).
+    """
+    correct = clean_pred == labels
+    names: list[str] = []
+    for i, (name, _) in enumerate(adv_preds):
+        names.append(name if name not in names else f"{name}#{i}")
+    fooled = {n: correct & (pred != labels) for n, (_, pred) in zip(names, adv_preds, strict=True)}
+    any_fooled = torch.zeros_like(correct)
+    for mask in fooled.values():
+        any_fooled |= mask
+    counts = {n: int(m.sum()) for n, m in fooled.items()}
+    only = {}
+    for n, mask in fooled.items():
+        others = torch.zeros_like(correct)
+        for other, m in fooled.items():
+            if other != n:
+                others |= m
+        only[n] = int((mask & ~others).sum())
+    strongest = max(names, key=lambda n: (counts[n], -names.index(n))) if names and int(correct.sum()) else None
+    return WorstCase(
+        attacks=tuple(names),
+        n_total=int(labels.numel()),
+        n_attacked=int(correct.sum()),
+        n_robust=int((correct & ~any_fooled).sum()),
+        fooled_by=counts,
+        only_fooled_by=only,
+        strongest_attack=strongest,
+    )
 
 
 def evaluate_attack(
@@ -88,7 +131,7 @@ def evaluate_attack(
     batch_size = check_batch_size(batch_size)
     seed = _check_seed(seed)
     with eval_mode(model):
-        clean = _clean_pass(model, images, labels, batch_size)
+        clean, _ = _clean_pass(model, images, labels, batch_size)
         n_attacked = int((clean == labels).sum())
         with tqdm(total=n_attacked, desc=config.label, disable=not progress) as bar:
             result, _ = run_attack(model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar)
@@ -109,10 +152,14 @@ def evaluate(
     masking: MaskingConfig | None = None,
     seed: int = 0,
     model_name: str | None = None,
+    min_eps: MinEpsConfig | None = None,
 ) -> EvaluationReport:
     """Evaluate ``model`` against ``attacks`` and (by default) run the gradient-masking diagnostics.
 
     Every attack, ε and setting is validated before anything runs. The clean pass is done once and shared.
+    Besides one :class:`AttackResult` per attack (the paper's metrics), the report holds the per-example worst
+    case over the suite (:class:`~qshield.evaluation.WorstCase`: an image is robust only if no attack fools it)
+    and, with ``min_eps``, the smallest ε that flips each image (:func:`~qshield.evaluation.minimal_eps`).
 
     Args:
         model: classifier ``[B, C, H, W] in [0, 1] -> logits or log-probabilities [B, C]``.
@@ -128,6 +175,7 @@ def evaluate(
         masking: settings of the diagnostics.
         seed: seed of the attacks' randomness (the diagnostics use ``masking.seed``).
         model_name: name shown in tables (default: the model's class name).
+        min_eps: measure the smallest flipping ε per image with these settings (None: not measured).
 
     Returns:
         :class:`EvaluationReport` with one :class:`AttackResult` per attack and the diagnostics; its
@@ -153,16 +201,27 @@ def evaluate(
             "MaskingConfig(eps=...), or diagnostics=False"
         )
     name = model_name or type(model).__name__
+    if min_eps is not None and not isinstance(min_eps, MinEpsConfig):
+        raise ValueError(f"min_eps must be a MinEpsConfig or None, got {type(min_eps).__name__}")
 
     with eval_mode(model):
-        clean = _clean_pass(model, images, labels, batch_size)
+        clean, num_classes = _clean_pass(model, images, labels, batch_size)
         n_attacked = int((clean == labels).sum())
         results = []
+        adv_preds = []
         with tqdm(total=n_attacked * len(configs), desc=f"evaluate {name}", disable=not progress) as bar:
             for config in configs:
                 bar.set_postfix_str(config.label)
-                result, _ = run_attack(model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar)
+                result, adv_pred = run_attack(
+                    model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar
+                )
                 results.append(result)
+                adv_preds.append((config.name, adv_pred))
+        flips = (
+            minimal_eps(model, images, labels, clean, min_eps, batch_size=batch_size, seed=seed, progress=progress)
+            if min_eps is not None
+            else None
+        )
         diag = (
             check_gradient_masking(
                 model, images, labels, eps=masking_eps, config=masking, clean_predictions=clean, progress=progress
@@ -177,6 +236,9 @@ def evaluate(
         n_total=len(labels),
         results=tuple(results),
         diagnostics=diag,
+        num_classes=num_classes,
+        worst_case=worst_case(clean, labels, adv_preds) if adv_preds else None,
+        min_eps=flips,
     )
 
 
@@ -210,7 +272,7 @@ def asr_vs_eps(
     batch_size = check_batch_size(batch_size)
     seed = _check_seed(seed)
     with eval_mode(model):
-        clean = _clean_pass(model, images, labels, batch_size)
+        clean, _ = _clean_pass(model, images, labels, batch_size)
         n_attacked = int((clean == labels).sum())
         asrs = []
         with tqdm(total=n_attacked * len(configs), desc=f"{base.name} vs eps", disable=not progress) as bar:

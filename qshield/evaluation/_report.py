@@ -16,6 +16,7 @@ from ._results import AsrCurve, EvaluationReport
 
 __all__ = [
     "TABLE_COLUMNS",
+    "WORST_CASE",
     "compare_with_paper",
     "comparison_markdown",
     "plot_asr_vs_eps",
@@ -24,15 +25,25 @@ __all__ = [
     "write_results",
 ]
 
-#: Columns of :func:`results_table`, one row per model × attack.
+#: Name of the per-example worst-case row of :func:`results_table` (robust only if no attack fools the image).
+WORST_CASE = "worst-case"
+
+#: Columns of :func:`results_table`, one row per model × attack, plus one ``worst-case`` row per model.
 TABLE_COLUMNS = (
     "model",
     "dataset",
     "attack",
     "eps",
     "odr",
+    "odr_ci_low",
+    "odr_ci_high",
     "asr",
+    "asr_ci_low",
+    "asr_ci_high",
     "robust_accuracy",
+    "robust_accuracy_ci_low",
+    "robust_accuracy_ci_high",
+    "reaches_eps",
     "seconds_per_example",
     "forward_per_example",
     "backward_per_example",
@@ -43,6 +54,7 @@ TABLE_COLUMNS = (
 )
 
 _FLAG = "⚠"
+_WEAK = "†"
 
 
 def _reports(reports: EvaluationReport | Sequence[EvaluationReport]) -> list[EvaluationReport]:
@@ -56,33 +68,59 @@ def _reports(reports: EvaluationReport | Sequence[EvaluationReport]) -> list[Eva
 
 
 def results_table(reports: EvaluationReport | Sequence[EvaluationReport]) -> pd.DataFrame:
-    """One row per model × attack with the columns of :data:`TABLE_COLUMNS`.
+    """One row per model × attack with the columns of :data:`TABLE_COLUMNS`, then one :data:`WORST_CASE` row
+    per model (the per-example worst case over its suite; its cost columns are the suite's totals).
 
-    Rates are fractions in [0, 1]; ``eps`` is on the [0, 1] pixel scale (NaN for attacks without ε);
-    ``trustworthy`` is the report's verdict and ``masking`` its flag (``ok``, ``unchecked`` or the failed
-    checks).
+    Rates are fractions in [0, 1], each with its 95% Wilson interval (``<rate>_ci_low`` / ``_ci_high``); ``eps``
+    is on the [0, 1] pixel scale (NaN for attacks without ε); ``reaches_eps`` is False for a row whose
+    ``alpha * steps`` cannot reach its ε (opted in); ``trustworthy`` is the report's verdict and ``masking`` its
+    flag (``ok``, ``unchecked``, ``NEAR CHANCE`` or the failed checks).
     """
     rows = []
     for rep in _reports(reports):
         for r in rep.results:
-            rows.append(
-                {
-                    "model": rep.model,
-                    "dataset": rep.dataset,
-                    "attack": r.attack,
-                    "eps": math.nan if r.eps is None else r.eps,
-                    "odr": r.odr,
-                    "asr": r.asr,
-                    "robust_accuracy": r.robust_accuracy,
-                    "seconds_per_example": r.seconds_per_example,
-                    "forward_per_example": r.forward_per_example,
-                    "backward_per_example": r.backward_per_example,
-                    "n_total": r.n_total,
-                    "n_attacked": r.n_attacked,
-                    "trustworthy": rep.trustworthy,
-                    "masking": rep.flag,
-                }
-            )
+            row = {
+                "model": rep.model,
+                "dataset": rep.dataset,
+                "attack": r.attack,
+                "eps": math.nan if r.eps is None else r.eps,
+                "reaches_eps": r.reaches_eps,
+                "seconds_per_example": r.seconds_per_example,
+                "forward_per_example": r.forward_per_example,
+                "backward_per_example": r.backward_per_example,
+                "n_total": r.n_total,
+                "n_attacked": r.n_attacked,
+                "trustworthy": rep.trustworthy,
+                "masking": rep.flag,
+            }
+            for rate in ("odr", "asr", "robust_accuracy"):
+                row[rate] = getattr(r, rate)
+                row[f"{rate}_ci_low"], row[f"{rate}_ci_high"] = getattr(r, f"{rate}_ci")
+            rows.append(row)
+        wc = rep.worst_case
+        if wc is not None and rep.results:
+            epsilons = {r.eps for r in rep.results if r.eps is not None}
+            row = {
+                "model": rep.model,
+                "dataset": rep.dataset,
+                "attack": WORST_CASE,
+                "eps": epsilons.pop() if len(epsilons) == 1 else math.nan,
+                "odr": rep.odr,
+                "asr": wc.asr,
+                "robust_accuracy": wc.robust_accuracy,
+                "reaches_eps": all(r.reaches_eps for r in rep.results),
+                "seconds_per_example": sum(r.seconds_per_example for r in rep.results),
+                "forward_per_example": sum(r.forward_per_example for r in rep.results),
+                "backward_per_example": sum(r.backward_per_example for r in rep.results),
+                "n_total": wc.n_total,
+                "n_attacked": wc.n_attacked,
+                "trustworthy": rep.trustworthy,
+                "masking": rep.flag,
+            }
+            row["odr_ci_low"], row["odr_ci_high"] = rep.odr_ci
+            row["asr_ci_low"], row["asr_ci_high"] = wc.asr_ci
+            row["robust_accuracy_ci_low"], row["robust_accuracy_ci_high"] = wc.robust_accuracy_ci
+            rows.append(row)
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
@@ -97,6 +135,15 @@ def _pct(x: float) -> str:
     return "nan" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
 
+def _pct_ci(x: float, low: float, high: float) -> str:
+    """``62.3 [55.1, 69.0]``: a rate in % with its 95% interval."""
+    if x is None or math.isnan(x):
+        return "nan"
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{100 * x:.1f}"
+    return f"{100 * x:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def _num(x: float, digits: int = 3) -> str:
     return "nan" if x is None or math.isnan(x) else f"{x:.{digits}g}"
 
@@ -108,8 +155,9 @@ def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[EvaluationReport]) -> str:
-    """The results table as Markdown (rates in %), flagging numbers of models that failed or skipped the
-    gradient-masking diagnostics with ``⚠`` and a footnote."""
+    """The results table as Markdown (rates in % with their 95% Wilson intervals), flagging numbers of models
+    that failed or skipped the gradient-masking diagnostics or are near chance with ``⚠``, and rows whose attack
+    cannot reach its ε with ``†``, each with a footnote."""
     df = table if isinstance(table, pd.DataFrame) else results_table(table)
     missing = [c for c in TABLE_COLUMNS if c not in df.columns]
     if missing:
@@ -118,27 +166,30 @@ def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[Evaluation
         "model",
         "attack",
         "ε",
-        "ODR %",
-        "ASR %",
-        "robust acc %",
+        "ODR % [95% CI]",
+        "ASR % [95% CI]",
+        "robust acc % [95% CI]",
         "s / example",
         "fwd / example",
         "bwd / example",
         "masking",
     ]
     rows = []
-    flagged = False
+    flagged = weak = False
     for _, r in df.iterrows():
         mark = "" if bool(r["trustworthy"]) else f" {_FLAG}"
         flagged = flagged or bool(mark)
+        dagger = "" if bool(r["reaches_eps"]) else f" {_WEAK}"
+        weak = weak or bool(dagger)
+        attack = f"**{r['attack']}**" if r["attack"] == WORST_CASE else str(r["attack"])
         rows.append(
             [
                 str(r["model"]),
-                str(r["attack"]),
+                attack + dagger,
                 _eps_text(r["eps"]),
-                _pct(r["odr"]) + mark,
-                _pct(r["asr"]) + mark,
-                _pct(r["robust_accuracy"]) + mark,
+                _pct_ci(r["odr"], r["odr_ci_low"], r["odr_ci_high"]) + mark,
+                _pct_ci(r["asr"], r["asr_ci_low"], r["asr_ci_high"]) + mark,
+                _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci_low"], r["robust_accuracy_ci_high"]) + mark,
                 _num(r["seconds_per_example"]),
                 _num(r["forward_per_example"], 4),
                 _num(r["backward_per_example"], 4),
@@ -148,8 +199,19 @@ def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[Evaluation
     text = _markdown(headers, rows)
     if flagged:
         text += (
-            f"\n\n{_FLAG} The model failed (or did not run) the gradient-masking diagnostics: its ASR may "
-            "understate what an adaptive attacker achieves, and its robust accuracy may overstate robustness."
+            f"\n\n{_FLAG} Not trustworthy: the model failed (or did not run) the gradient-masking diagnostics, or its "
+            "clean accuracy is near chance; its ASR may understate what an adaptive attacker achieves, and its "
+            "robust accuracy may overstate robustness."
+        )
+    if weak:
+        text += (
+            f"\n\n{_WEAK} The attack's step size × steps cannot reach its ε (run on purpose to reproduce a paper's "
+            "setting): its ASR understates the threat model."
+        )
+    if (df["attack"] == WORST_CASE).any():
+        text += (
+            f"\n\n**{WORST_CASE}**: per-example worst case over the model's attacks (RobustBench/AutoAttack): an "
+            "image is robust only if no attack fools it. Intervals: 95% Wilson."
         )
     return text + "\n"
 
