@@ -1,5 +1,5 @@
 """Security (issue 6, item 3): safe loading only, pickled payloads refused everywhere a checkpoint is read, no
-secrets in MLflow, non-root read-only containers and authentication in the k8s gpu overlay.
+secrets in MLflow, non-root read-only containers and authentication in every k8s overlay.
 
 * A scan of the source (the AST of every Python file outside tests/ and .venv/) finds every ``torch.load`` with
   ``weights_only=True``, every YAML read through ``safe_load`` / the safe loader, ``np.load`` with
@@ -503,9 +503,10 @@ def test_load_registered_refuses_a_pickled_champion(tracked: dict[str, Any], tmp
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
-    from tests.test_k8s import K8S, OVERLAYS, render_mod
+    """Every overlay, rendered by real kustomize (tests/_k8s.py: kubectl kustomize, skipped without it)."""
+    from tests._k8s import ALL_OVERLAYS, render
 
-    return {name: render_mod.render(K8S / "overlays" / name, env_fallback_suffix=".example") for name in OVERLAYS}
+    return {name: render(name) for name in ALL_OVERLAYS}
 
 
 def _dockerfile_user(path: Path) -> int:
@@ -517,15 +518,15 @@ def _dockerfile_user(path: Path) -> int:
 
 
 def test_images_run_as_the_non_root_user_the_pods_declare(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    from tests.test_k8s import _all_pod_specs, _containers
+    from tests._k8s import all_pod_specs, containers
 
     image_users = {"qshield": _dockerfile_user(ROOT / "k8s" / "image" / "Dockerfile"),
                    "qshield-mlflow": _dockerfile_user(ROOT / "k8s" / "image" / "mlflow.Dockerfile")}
     assert all(uid != 0 for uid in image_users.values())
     checked = 0
     for overlay, objects in rendered.items():
-        for label, pod in _all_pod_specs(objects):
-            for container in _containers(pod):
+        for label, pod in all_pod_specs(objects):
+            for container in containers(pod):
                 image = container["image"].rsplit("/", 1)[-1].split(":")[0]
                 if image not in image_users:
                     continue  # third-party images (postgres) declare their own user; test_k8s checks non-root
@@ -538,14 +539,22 @@ def test_images_run_as_the_non_root_user_the_pods_declare(rendered: dict[str, li
 
 def test_nothing_is_exposed_outside_the_cluster(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """MLflow, Postgres and the Ray dashboard/job API are reached only through the cluster (port-forward)."""
+    checked = 0
     for overlay, objects in rendered.items():
         kinds = {o["kind"] for o in objects}
         assert not kinds & {"Ingress", "Route", "Gateway", "HTTPRoute"}, overlay
         for service in (o for o in objects if o["kind"] == "Service"):
             assert service["spec"].get("type", "ClusterIP") == "ClusterIP", (overlay, service["metadata"]["name"])
             assert not service["spec"].get("externalIPs"), (overlay, service["metadata"]["name"])
-        for rayjob in (o for o in objects if o["kind"] == "RayJob"):
-            head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]
+        for ray in (o for o in objects if o["kind"] in ("RayJob", "RayCluster")):
+            cluster = ray["spec"]["rayClusterSpec"] if ray["kind"] == "RayJob" else ray["spec"]
+            head = cluster["headGroupSpec"]
             assert head.get("serviceType", "ClusterIP") == "ClusterIP", overlay
-            for container in head["template"]["spec"]["containers"]:
-                assert not any("hostPort" in p for p in container.get("ports", [])), overlay
+            assert not head.get("enableIngress"), overlay
+            pods = [head["template"]["spec"], *[g["template"]["spec"] for g in cluster["workerGroupSpecs"]]]
+            for pod in pods:
+                assert not pod.get("hostNetwork"), overlay
+                for container in pod["containers"]:
+                    assert not any("hostPort" in p for p in container.get("ports", [])), overlay
+            checked += 1
+    assert checked == len(rendered) == 4  # one RayJob or RayCluster per overlay
