@@ -11,7 +11,15 @@ points considered, oriented so that **1 is the best value and 0 the worst**::
     g_k(p) = (max_k - p_k) / (max_k - min_k)   for "min"
 
 An objective on which all considered points agree carries no information; its ``g`` is 1 for every point.
-Ties are broken by the lower index, so every result is deterministic.
+Ties are broken by the next objectives in order, then by the points' ids (trial ids, when given; else their
+index), so every result is deterministic.
+
+Uncertainty: a point may carry ``<objective>_ci_low`` / ``<objective>_ci_high`` (its 95% interval). The knee
+ignores an objective whose spread over the front does not exceed the largest half-width of its intervals there
+(the differences are noise), and ``robust_floor`` reports the intervals in its reason.
+
+:func:`choose` returns the champion's index together with one sentence saying why it won; :func:`select` returns
+the index alone.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "Direction",
@@ -30,7 +38,13 @@ __all__ = [
     "weighted_score",
     "apply_constraints",
     "select",
+    "choose",
+    "Choice",
+    "DEFAULT_ACCURACY_FLOOR",
 ]
+
+#: ``robust_floor``: trials whose clean accuracy is at most this far below the best trial's are eligible.
+DEFAULT_ACCURACY_FLOOR = 0.02
 
 Point = Mapping[str, Any]
 
@@ -46,8 +60,9 @@ class Direction(str, enum.Enum):
 
 
 class Rule(str, enum.Enum):
-    """Champion-selection rule of :func:`select`."""
+    """Champion-selection rule of :func:`select` / :func:`choose` (``robust_floor`` is the default of sweeps)."""
 
+    ROBUST_FLOOR = "robust_floor"
     KNEE = "knee"
     WEIGHTED = "weighted"
     CONSTRAINED_BEST = "constrained_best"
@@ -161,19 +176,48 @@ def pareto_front(points: Sequence[Point], directions: Mapping[str, Direction | s
 def knee_point(points: Sequence[Point], directions: Mapping[str, Direction | str]) -> int:
     """Index of the knee of the Pareto front.
 
-    Rule: take the Pareto front; min-max normalise each objective over the front (1 = best, module docstring);
-    the knee is the front point with the smallest Euclidean distance to the ideal point ``(1, ..., 1)``, i.e.
-    the best compromise. Ties go to the lower index. One point is its own knee.
+    Rule: take the Pareto front; drop the objectives whose spread over the front does not exceed their
+    uncertainty (module docstring; without intervals every objective is kept); min-max normalise the rest over
+    the front (1 = best); the knee is the front point with the smallest Euclidean distance to the ideal point
+    ``(1, ..., 1)``, i.e. the best compromise. When no objective is left, the front point best on the objectives
+    in order. Ties go to the better point on the objectives in order, then to the lower index. One point is its
+    own knee.
     """
     dirs = _directions(directions)
     rows = _matrix(points, list(dirs))
-    return _knee(_oriented(rows, list(dirs.values())), range(len(rows)))
+    return _knee(_oriented(rows, list(dirs.values())), range(len(rows)), _uncertainty(points, list(dirs)),
+                 list(range(len(rows))))[0]
 
 
-def _knee(oriented: list[list[float]], candidates: Sequence[int]) -> int:
+def _uncertainty(points: Sequence[Point], objectives: Sequence[str]) -> list[list[float]]:
+    """Per point and objective, half the width of its ``_ci_low``/``_ci_high`` interval (0 without one)."""
+    out = []
+    for p in points:
+        row = []
+        for k in objectives:
+            lo, hi = p.get(f"{k}_ci_low"), p.get(f"{k}_ci_high")
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (lo, hi))
+            row.append(abs(float(hi) - float(lo)) / 2 if ok else 0.0)
+        out.append(row)
+    return out
+
+
+def _knee(
+    oriented: list[list[float]], candidates: Sequence[int], half_width: list[list[float]], ids: Sequence[Any]
+) -> tuple[int, list[int]]:
+    """(knee index, objectives used)."""
     front = _front(oriented, candidates)
-    norm = _normalised(oriented, front)
-    return min(front, key=lambda i: (math.fsum((1.0 - g) ** 2 for g in norm[i]), i))
+    n_obj = len(oriented[front[0]])
+    used = [
+        k for k in range(n_obj)
+        if max(oriented[i][k] for i in front) - min(oriented[i][k] for i in front)
+        > max(half_width[i][k] for i in front)
+    ]
+    norm = _normalised([[row[k] for k in used] for row in oriented], front) if used else {i: [] for i in front}
+    return min(
+        front,
+        key=lambda i: (math.fsum((1.0 - g) ** 2 for g in norm[i]), tuple(-v for v in oriented[i]), ids[i]),
+    ), used
 
 
 def weighted_score(
@@ -243,6 +287,13 @@ def _constraints(constraints: Mapping[str, float]) -> list[tuple[str, str, float
     return parsed
 
 
+class Choice(NamedTuple):
+    """A champion and why: ``index`` into the points, ``reason`` one sentence for people."""
+
+    index: int
+    reason: str
+
+
 def select(
     points: Sequence[Point],
     rule: Rule | str,
@@ -251,19 +302,53 @@ def select(
     weights: Mapping[str, float] | None = None,
     constraints: Mapping[str, float] | None = None,
     primary: str | None = None,
+    ids: Sequence[Any] | None = None,
+    accuracy_floor: float = DEFAULT_ACCURACY_FLOOR,
 ) -> int:
-    """Index of the champion among ``points``; constraints (if any) are applied first.
+    """Index of the champion among ``points`` (:func:`choose` without the reason)."""
+    return choose(points, rule, directions, weights=weights, constraints=constraints, primary=primary, ids=ids,
+                  accuracy_floor=accuracy_floor).index
+
+
+def _fmt(p: Point, key: str) -> str:
+    value = float(p[key])
+    lo, hi = p.get(f"{key}_ci_low"), p.get(f"{key}_ci_high")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):
+        return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{value:.4g}"
+
+
+def choose(
+    points: Sequence[Point],
+    rule: Rule | str,
+    directions: Mapping[str, Direction | str],
+    *,
+    weights: Mapping[str, float] | None = None,
+    constraints: Mapping[str, float] | None = None,
+    primary: str | None = None,
+    ids: Sequence[Any] | None = None,
+    accuracy_floor: float = DEFAULT_ACCURACY_FLOOR,
+) -> Choice:
+    """The champion among ``points`` and one sentence saying why; constraints (if any) are applied first.
 
     Rules:
-        * ``knee``: :func:`knee_point` among the feasible points.
+        * ``robust_floor`` (what a careful person picks): among the feasible points whose ``accuracy`` is at most
+          ``accuracy_floor`` below the best feasible accuracy, the one with the highest ``robust_accuracy``
+          (worst case over the attack suite); ties broken by the objectives in order. Needs both metrics in
+          every point (objectives or not).
+        * ``knee``: :func:`knee_point` among the feasible points (objectives within their uncertainty ignored).
         * ``weighted``: the feasible point with the highest :func:`weighted_score` (normalised over the feasible
           points); needs ``weights``.
         * ``constrained_best``: the feasible point best on ``primary`` (default: the first objective), ties broken
-          by the remaining objectives in order, then by index.
+          by the remaining objectives in order.
+
+    Remaining ties (points equal on every objective) go to the smaller id (``ids``: e.g. trial ids; default the
+    index).
 
     Raises:
         ValueError: unknown rule, ``weights`` missing for ``weighted``/given for another rule, unknown
-            ``primary``, or any bad input of the functions above.
+            ``primary``, ``robust_floor`` without ``accuracy``/``robust_accuracy`` values, a bad
+            ``accuracy_floor``, or any bad input of the functions above.
         NoFeasiblePointError: no point satisfies the constraints.
     """
     try:
@@ -283,19 +368,68 @@ def select(
         raise ValueError(f"weights are only used by rule='weighted'; got rule={rule.value!r}")
     if primary is not None and primary not in dirs:
         raise ValueError(f"primary={primary!r} is not an objective; allowed values: {', '.join(map(repr, order))}")
+    if isinstance(accuracy_floor, bool) or not isinstance(accuracy_floor, (int, float)) or not (
+        0.0 <= accuracy_floor <= 1.0
+    ):
+        raise ValueError(f"accuracy_floor={accuracy_floor!r} is invalid; allowed values: a number in [0, 1]")
     rows = _matrix(points, order)
+    if ids is None:
+        ids = list(range(len(rows)))
+    elif len(ids) != len(rows):
+        raise ValueError(f"ids has {len(ids)} entries for {len(rows)} points; give one id per point")
     feasible = apply_constraints(points, constraints or {})
     if not feasible:
         raise NoFeasiblePointError(_infeasible_message(points, constraints or {}))
     oriented = _oriented(rows, list(dirs.values()))
+    n_feasible = f"{len(feasible)} of {len(rows)} trials" if constraints else f"{len(rows)} trials"
+
+    def tie_key(i: int) -> tuple[Any, ...]:
+        return (tuple(-v for v in oriented[i]), ids[i])
+
+    if rule is Rule.ROBUST_FLOOR:
+        need = [m for m in ("accuracy", "robust_accuracy") if m not in dirs]
+        extra = _matrix(points, need) if need else []  # checks presence and finiteness
+        del extra
+        acc = {i: float(points[i]["accuracy"]) for i in feasible}
+        best_acc = max(acc.values())
+        eligible = [i for i in feasible if acc[i] >= best_acc - accuracy_floor - 1e-12]
+        by_robust = sorted(eligible, key=lambda i: (-float(points[i]["robust_accuracy"]), tie_key(i)))
+        best = by_robust[0]
+        p = points[best]
+        reason = (
+            f"highest worst-case robust accuracy {_fmt(p, 'robust_accuracy')} among the {len(eligible)} of "
+            f"{n_feasible} whose clean accuracy is within {accuracy_floor:.2f} of the best ({best_acc:.3f}); "
+            f"clean accuracy {_fmt(p, 'accuracy')}"
+        )
+        tied = [i for i in by_robust[1:] if float(points[i]["robust_accuracy"]) == float(p["robust_accuracy"])]
+        if tied:
+            reason += f"; tied on robust accuracy with {', '.join(str(ids[i]) for i in tied)}, won on {order[0]}"
+            reason += " and the objectives after it" if len(order) > 1 else ""
+        return Choice(best, reason)
     if rule is Rule.KNEE:
-        return _knee(oriented, feasible)
+        best, used = _knee(oriented, feasible, _uncertainty(points, order), ids)
+        if used:
+            names = ", ".join(order[k] for k in used)
+            dropped = [order[k] for k in range(len(order)) if k not in used]
+            reason = f"knee of the Pareto front of {n_feasible} (best compromise of {names})"
+            if dropped:
+                reason += f"; {', '.join(dropped)} ignored: its spread on the front is within its 95% interval"
+        else:
+            reason = (f"no objective separates the Pareto front of {n_feasible} beyond its 95% interval; best on "
+                      f"{', '.join(order)} in order")
+        return Choice(best, reason + "; " + ", ".join(f"{k} {_fmt(points[best], k)}" for k in order))
     if rule is Rule.WEIGHTED:
         scores = _weighted(oriented, feasible, w)
-        return max(zip(feasible, scores, strict=True), key=lambda t: (t[1], -t[0]))[0]
+        score_of = dict(zip(feasible, scores, strict=True))
+        best = min(feasible, key=lambda i: (-score_of[i], tie_key(i)))
+        score = score_of[best]
+        return Choice(best, f"highest weighted score {score:.3f} ({', '.join(f'{k}×{x:g}' for k, x in zip(order, w))})"
+                            f" among {n_feasible}")
     first = order.index(primary) if primary is not None else 0
     keys = [first] + [k for k in range(len(order)) if k != first]
-    return max(feasible, key=lambda i: (tuple(oriented[i][k] for k in keys), -i))
+    best = min(feasible, key=lambda i: (tuple(-oriented[i][k] for k in keys), ids[i]))
+    return Choice(best, f"best {order[first]} {_fmt(points[best], order[first])} among {n_feasible}, ties broken "
+                        f"by {', '.join(order[k] for k in keys[1:]) or 'id'}")
 
 
 def _infeasible_message(points: Sequence[Point], constraints: Mapping[str, float]) -> str:

@@ -13,6 +13,7 @@ from orchestrator.scoring import (
     NoFeasiblePointError,
     Rule,
     apply_constraints,
+    choose,
     knee_point,
     pareto_front,
     select,
@@ -199,7 +200,13 @@ def test_front_matches_brute_force_and_knee_lies_on_it(seed):
 
     dist = {i: sum((1 - g(i, k)) ** 2 for k in keys) for i in expected}
     assert math.isclose(dist[knee], min(dist.values()), abs_tol=1e-12)
-    assert knee == min(i for i in expected if math.isclose(dist[i], dist[knee], abs_tol=1e-12))
+    # ties in distance go to the point better on the objectives in order (never to a position), then the lower index
+    tied = [i for i in expected if math.isclose(dist[i], dist[knee], abs_tol=1e-12)]
+
+    def oriented(i):
+        return tuple(points[i][k] if dirs[k] == "max" else -points[i][k] for k in keys)
+
+    assert knee == max(tied, key=lambda i: (oriented(i), -i))
 
 
 def test_select_result_is_feasible_and_constrained_best_is_optimal():
@@ -259,7 +266,7 @@ def test_select_result_is_feasible_and_constrained_best_is_optimal():
         (lambda: apply_constraints(TWO_D, {"min_accuracy": "high"}), r"min_accuracy='high' must be a finite number"),
         (
             lambda: select(TWO_D, "best", DIRS_2D),
-            r"rule='best' is not supported; allowed values: 'knee', 'weighted', 'constrained_best'",
+            r"rule='best' is not supported; allowed values: 'robust_floor', 'knee', 'weighted', 'constrained_best'",
         ),
         (lambda: select(TWO_D, "weighted", DIRS_2D), r"rule='weighted' needs weights"),
         (
@@ -282,3 +289,73 @@ def test_no_feasible_point_names_constraints_and_best_seen():
     with pytest.raises(NoFeasiblePointError, match=r"min_accuracy=0\.95 \(best seen 0\.9\)") as info:
         select(TWO_D, "knee", DIRS_2D, constraints={"min_accuracy": 0.95})
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# robust_floor, uncertainty-aware knee, reasons, ties never decided by position
+#
+#   trial  accuracy  robust  remark
+#   t0     0.97      0.10    the most accurate
+#   t1     0.955     0.60    within 0.02 of the best: eligible, most robust among the eligible
+#   t2     0.90      0.80    most robust overall but 7 points below the best: not eligible with the 0.02 floor
+#   t3     0.955     0.60    ties t1 on robust accuracy and accuracy; loses on id ("t3" > "t1")
+ROBUST = [
+    {"accuracy": 0.97, "robust_accuracy": 0.10, "robust_accuracy_ci_low": 0.05, "robust_accuracy_ci_high": 0.18},
+    {"accuracy": 0.955, "robust_accuracy": 0.60, "robust_accuracy_ci_low": 0.51, "robust_accuracy_ci_high": 0.68},
+    {"accuracy": 0.90, "robust_accuracy": 0.80},
+    {"accuracy": 0.955, "robust_accuracy": 0.60},
+]
+DIRS_ROBUST = {"accuracy": "max", "robust_accuracy": "max"}
+
+
+def test_robust_floor_picks_the_most_robust_trial_near_the_best_accuracy():
+    ids = ["t0", "t1", "t2", "t3"]
+    choice = choose(ROBUST, "robust_floor", DIRS_ROBUST, ids=ids)
+    assert choice.index == 1
+    assert "0.600 [0.510, 0.680]" in choice.reason and "3 of 4 trials" in choice.reason and "t3" in choice.reason
+    # a looser floor admits t2, the most robust
+    assert select(ROBUST, "robust_floor", DIRS_ROBUST, ids=ids, accuracy_floor=0.1) == 2
+    # ids decide a complete tie, not the position: reversing the list keeps "t1"
+    rev = list(reversed(ROBUST))
+    assert rev[select(rev, "robust_floor", DIRS_ROBUST, ids=list(reversed(ids)))] is ROBUST[1]
+    # the floor is relative to the best *feasible* trial
+    assert select(ROBUST, "robust_floor", DIRS_ROBUST, constraints={"max_accuracy": 0.96}) == 1
+
+
+def test_robust_floor_breaks_a_robustness_tie_by_the_next_objective():
+    points = [{"accuracy": 0.95, "robust_accuracy": 0.5}, {"accuracy": 0.96, "robust_accuracy": 0.5}]
+    assert select(points, "robust_floor", DIRS_ROBUST) == 1
+
+
+def test_robust_floor_needs_both_metrics_and_a_valid_floor():
+    with pytest.raises(ValueError, match="robust_accuracy"):
+        select([{"accuracy": 0.9, "asr": 0.1}], "robust_floor", {"accuracy": "max", "asr": "min"})
+    with pytest.raises(ValueError, match="accuracy_floor=1.5.*allowed values"):
+        select(ROBUST, "robust_floor", DIRS_ROBUST, accuracy_floor=1.5)
+    with pytest.raises(ValueError, match="ids has 1 entries for 4 points"):
+        select(ROBUST, "robust_floor", DIRS_ROBUST, ids=["x"])
+
+
+def test_knee_ignores_an_objective_whose_spread_is_within_its_uncertainty():
+    # cost spans 23.6 .. 24.0 while its interval is +-0.5: noise. Without intervals the knee weighs it like
+    # accuracy and picks 1 (better cost); with them only accuracy and robust accuracy count -> 0.
+    dirs = {"accuracy": "max", "robust_accuracy": "max", "adversary_cost": "max"}
+    pts = [
+        {"accuracy": 0.95, "robust_accuracy": 0.50, "adversary_cost": 23.6},
+        {"accuracy": 0.90, "robust_accuracy": 0.45, "adversary_cost": 24.0},
+        {"accuracy": 0.60, "robust_accuracy": 0.70, "adversary_cost": 23.8},
+    ]
+    assert knee_point(pts, dirs) == 1
+    noisy = [p | {"adversary_cost_ci_low": p["adversary_cost"] - 0.5,
+                  "adversary_cost_ci_high": p["adversary_cost"] + 0.5} for p in pts]
+    choice = choose(noisy, "knee", dirs)
+    assert choice.index == 0 and "adversary_cost ignored" in choice.reason
+
+
+def test_knee_with_no_separating_objective_falls_back_to_objective_order():
+    pts = [{"accuracy": 0.90, "robust_accuracy": 0.52, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.99,
+            "robust_accuracy_ci_low": 0.4, "robust_accuracy_ci_high": 0.6},
+           {"accuracy": 0.91, "robust_accuracy": 0.50, "accuracy_ci_low": 0.8, "accuracy_ci_high": 0.99,
+            "robust_accuracy_ci_low": 0.4, "robust_accuracy_ci_high": 0.6}]
+    choice = choose(pts, "knee", DIRS_ROBUST)
+    assert choice.index == 1 and "no objective separates" in choice.reason
