@@ -295,6 +295,8 @@ PARAMETERS: Mapping[str, ParamSpec] = MappingProxyType(
         "epochs": ParamSpec("int", 10, "training epochs", lo=1),
         "batch_size": ParamSpec("int", 128, "training batch size", lo=1),
         "method": ParamSpec("enum", TrainMethod.STANDARD, "training method", TrainMethod),
+        "pgd_steps": ParamSpec("int", 7, "PGD steps per batch of method pgd_at (step 2.5·ε/steps, ε of the space)",
+                               lo=1),
     }
 )
 

@@ -8,6 +8,7 @@ range. Errors carry the key path so :func:`orchestrator.space.load_space` can re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from ._space_domains import (
     parse_domain,
     parse_number,
 )
-from .scoring import Direction
+from .scoring import DEFAULT_ACCURACY_FLOOR, Direction, Rule
 
 __all__ = [
     "Dataset",
@@ -47,6 +48,7 @@ __all__ = [
     "AttackSettings",
     "AttacksConfig",
     "Constraints",
+    "SelectionConfig",
     "Resources",
     "SearchConfig",
     "EarlyStopping",
@@ -79,14 +81,15 @@ class AttackName(_StrChoice):
 
 
 class Objective(_StrChoice):
-    """Metrics a trial reports at its end (the keys of its final Tune result).
+    """Metrics a trial reports at its end (the keys of its final Tune result; ``orchestrator.trial``).
 
     * ``accuracy``: clean test accuracy (the paper's ODR), a fraction in [0, 1].
-    * ``asr``: attack success rate averaged over the evaluated attacks, in [0, 1]; only correctly classified test
-      images are attacked (paper's definition).
-    * ``robust_accuracy``: accuracy under attack averaged over the attacks, in [0, 1].
-    * ``adversary_cost``: model queries (forward + backward calls) per attacked example, averaged over the
-      attacks, >= 0 — counted, not estimated.
+    * ``robust_accuracy``: per-example worst case over the attack suite (RobustBench/AutoAttack): images
+      classified correctly clean and after every attack / images, in [0, 1].
+    * ``asr``: worst-case attack success rate: attacked images fooled by at least one attack / attacked images
+      (only correctly classified images are attacked), in [0, 1].
+    * ``adversary_cost``: median smallest L∞ ε that flips an attacked image (bisection with PGD, censored at
+      ``attacks.min_eps.eps_max``), in [0, 1] — measures the model, not the attack's configuration.
     """
 
     ACCURACY = "accuracy"
@@ -193,6 +196,7 @@ class Parameters(_Strict):
     epochs: Domain = _default("epochs")
     batch_size: Domain = _default("batch_size")
     method: Domain = _default("method")
+    pgd_steps: Domain = _default("pgd_steps")
 
     @field_validator("*", mode="plain")
     @classmethod
@@ -282,6 +286,9 @@ class AttacksConfig(_Strict):
         batch_size: evaluation batch size.
         diagnostics: run the gradient-masking checks (``qshield.evaluation``).
         settings: per-attack overrides (:class:`AttackSettings`).
+        min_eps: settings of the smallest-flipping-ε measurement behind ``adversary_cost``
+            (``qshield.evaluation.MinEpsConfig`` keys: ``eps_max``, ``rounds``, ``steps``, ``step_ratio``;
+            ``{}`` = its defaults), or null to skip it.
     """
 
     names: tuple[AttackName, ...] = tuple(AttackName)
@@ -290,6 +297,29 @@ class AttacksConfig(_Strict):
     batch_size: PosInt = 128
     diagnostics: StrictBool = True
     settings: AttackSettings = AttackSettings()
+    min_eps: dict[str, Any] | None = Field(default_factory=dict)
+
+    @field_validator("min_eps", mode="before")
+    @classmethod
+    def _min_eps(cls, value: Any) -> Any:
+        from qshield.evaluation import MinEpsConfig
+
+        if value is None:
+            return None
+        allowed = ", ".join(f.name for f in dataclasses.fields(MinEpsConfig) if f.name != "params")
+        if not isinstance(value, Mapping):
+            fail(f"min_eps must be a mapping with keys from: {allowed} (or null to skip it)", value)
+        out = {}
+        for key, raw in value.items():
+            if key not in allowed.split(", "):
+                fail(f"unknown key {key!r}; allowed keys: {allowed}", key, (str(key),))
+            number = parse_number(raw) if key in ("eps_max", "step_ratio") else raw
+            out[key] = raw if number is None else number
+        try:
+            MinEpsConfig(**out)
+        except (TypeError, ValueError) as exc:
+            fail(str(exc), value)
+        return out
 
     @field_validator("names", mode="after")
     @classmethod
@@ -316,9 +346,9 @@ class AttacksConfig(_Strict):
 # ----------------------------------------------------------------------------------------------------------
 # objectives, constraints, resources, search, early stopping
 
-#: Objectives when a space names none: clean accuracy up, attack success down, attacker's cost up.
+#: Objectives when a space names none: clean accuracy up, worst-case robust accuracy up.
 _DEFAULT_OBJECTIVES: Mapping[Objective, Direction] = MappingProxyType(
-    {Objective.ACCURACY: Direction.MAX, Objective.ASR: Direction.MIN, Objective.ADVERSARY_COST: Direction.MAX}
+    {Objective.ACCURACY: Direction.MAX, Objective.ROBUST_ACCURACY: Direction.MAX}
 )
 
 _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -353,6 +383,18 @@ class Constraints(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class SelectionConfig(_Strict):
+    """How the champion is chosen (``orchestrator.scoring.choose``): ``rule`` (default ``robust_floor``: the best
+    worst-case robust accuracy among trials whose clean accuracy is within ``accuracy_floor`` of the best) and the
+    floor. ``qshield select`` and ``--select`` use these unless told otherwise."""
+
+    rule: Rule = Rule.ROBUST_FLOOR
+    accuracy_floor: _Fraction = DEFAULT_ACCURACY_FLOOR
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.value, "accuracy_floor": self.accuracy_floor}
+
+
 class Resources(_Strict):
     """Resources per trial (Ray placement): CPUs > 0; GPUs >= 0, fractional below 1 (trials share a GPU)."""
 
@@ -373,11 +415,16 @@ class Resources(_Strict):
 
 class SearchConfig(_Strict):
     """The Optuna sampler: ``tpe`` (``TPESampler``, option ``n_startup_trials``) or ``nsga2``
-    (``NSGAIISampler``, option ``population_size``); both seeded with the sweep's ``seed``."""
+    (``NSGAIISampler``, option ``population_size``); both seeded with the sweep's ``seed``.
+
+    ``points_to_evaluate``: configurations tried first (Optuna's ``enqueue_trial``), each giving a value for every
+    searched parameter, e.g. a classical control next to the hybrid; checked against the parameters' domains.
+    """
 
     algorithm: SearchAlgorithm = SearchAlgorithm.TPE
     n_startup_trials: NonNegInt | None = None
     population_size: Annotated[int, Field(strict=True, ge=2)] | None = None
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
 
     @model_validator(mode="after")
     def _options_match(self) -> SearchConfig:
@@ -438,6 +485,7 @@ class SweepSpace(_Strict):
     attacks: AttacksConfig = AttacksConfig()
     objectives: dict[Objective, Direction] = Field(default_factory=lambda: dict(_DEFAULT_OBJECTIVES))
     constraints: Constraints = Constraints()
+    selection: SelectionConfig = SelectionConfig()
     resources: Resources = Resources()
     num_samples: PosInt = 10
     max_concurrent: PosInt | None = None
@@ -478,7 +526,45 @@ class SweepSpace(_Strict):
                     ("early_stopping", "grace_period"),
                 )
         self._check_circuit_memory()
+        self._check_attacks_resolve()
+        self._check_points_to_evaluate()
+        if self.selection.rule in (Rule.WEIGHTED,):
+            fail("rule 'weighted' needs weights: choose it with `qshield select --rule weighted --weights ...`; "
+                 f"allowed here: {', '.join(repr(r.value) for r in Rule if r is not Rule.WEIGHTED)}",
+                 self.selection.rule.value, ("selection", "rule"))
+        if Objective.ADVERSARY_COST in self.objectives and self.attacks.min_eps is None:
+            fail("objective adversary_cost needs attacks.min_eps (the smallest-flipping-ε measurement); "
+                 "allowed: a mapping ({} for its defaults)", None, ("attacks", "min_eps"))
         return self
+
+    def _check_points_to_evaluate(self) -> None:
+        """Every point names each searched parameter once, with a value its domain allows."""
+        searched = self.parameters.searched()
+        domains = self.parameters.domains()
+        for i, point in enumerate(self.search.points_to_evaluate):
+            where = ("search", "points_to_evaluate", i)
+            for key in point:
+                if key not in searched:
+                    fail(f"{key!r} is not a searched parameter; allowed keys: {', '.join(searched)}", key, where)
+            missing = [k for k in searched if k not in point]
+            if missing:
+                fail(f"a point must give every searched parameter; missing: {', '.join(missing)}", dict(point), where)
+            for key, raw in point.items():
+                value = parse_domain(key, raw)  # a fixed value, checked against the parameter's rules
+                if not _in_domain(value.value, domains[key]):
+                    fail(f"{key}={raw!r} is outside its searched domain {domains[key].to_yaml()}", raw, (*where, key))
+
+    def _check_attacks_resolve(self) -> None:
+        """Each attack exactly as a trial will build it (``qshield.attacks.AttackConfig.resolve``): e.g. an explicit
+        ``alpha`` whose ``alpha * steps`` cannot reach ε is refused here, before Ray starts."""
+        from qshield.attacks import AttackConfig
+
+        for name in self.attacks.names:
+            try:
+                AttackConfig(name.value, self.eps_for(name), self.attack_overrides(name)).resolve(self.dataset.value)
+            except ValueError as exc:
+                given = self.attacks.settings.given().get(name) or {}
+                fail(str(exc), given.get("alpha", given), ("attacks", "settings", name.value))
 
     def _check_circuit_memory(self) -> None:
         """Refuse, before Ray starts, a qubit count whose simulated state exceeds qshield's memory budget."""
@@ -530,6 +616,17 @@ class SweepSpace(_Strict):
             return float(self.attacks.eps)
         return float(DEFAULT_EPS[self.dataset.value])
 
+    def threat_eps(self) -> float:
+        """The sweep's L∞ threat model: ``attacks.eps``, else the dataset's default (PGD adversarial training
+        trains at it)."""
+        return float(self.attacks.eps) if self.attacks.eps is not None else float(DEFAULT_EPS[self.dataset.value])
+
+    def min_eps_config(self) -> Any:
+        """``qshield.evaluation.MinEpsConfig`` of ``attacks.min_eps`` (None when it is skipped)."""
+        from qshield.evaluation import MinEpsConfig
+
+        return None if self.attacks.min_eps is None else MinEpsConfig(**self.attacks.min_eps)
+
     def attack_overrides(self, attack: AttackName | str) -> dict[str, Any]:
         """The non-ε overrides given for ``attack`` (keys of its ``qshield.attacks`` preset), validated."""
         name = _attack(attack)
@@ -565,6 +662,15 @@ class SweepSpace(_Strict):
         from ._space_load import parse_space  # the loader imports this module
 
         return parse_space(self.to_dict() | changes, source="<replace>")
+
+
+def _in_domain(value: Any, domain: Domain) -> bool:
+    """Whether ``value`` (already parsed) is one a searched domain can produce."""
+    values = domain_values(domain)
+    if values is not None:
+        return value in values
+    lo, hi = getattr(domain, "lo"), getattr(domain, "hi")
+    return lo <= value <= hi
 
 
 def _domain_min(domain: Domain) -> float:

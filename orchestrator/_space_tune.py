@@ -75,21 +75,34 @@ def make_sampler(space: SweepSpace) -> Any:
     return optuna.samplers.TPESampler(**kwargs)
 
 
-def make_search_alg(space: SweepSpace) -> Searcher:
+def make_search_alg(space: SweepSpace, storage: str | None = None, study_name: str | None = None) -> Searcher:
     """Ray Tune's multi-objective ``OptunaSearch`` for ``space``.
 
     ``metric`` = the objective names, ``mode`` = their directions (in the YAML's order), the sampler from
-    :func:`make_sampler`; wrapped in ``ConcurrencyLimiter(max_concurrent=...)`` when ``max_concurrent`` is set.
-    The search space itself comes from the Tuner's ``param_space`` (:func:`to_tune_param_space`).
+    :func:`make_sampler`, the space's ``search.points_to_evaluate`` enqueued first; wrapped in
+    ``ConcurrencyLimiter(max_concurrent=...)`` when ``max_concurrent`` is set. The search space itself comes from
+    the Tuner's ``param_space`` (:func:`to_tune_param_space`).
+
+    Args:
+        storage: an Optuna RDB URL (``sqlite:///.../optuna.db``, ``postgresql://...``): the study is persisted
+            there under ``study_name`` (default: the space's name), so Optuna's own tools (``optuna-dashboard``,
+            ``optuna.load_study``) open it; None keeps it in memory.
     """
     from ray.tune.search import ConcurrencyLimiter
 
     directions = space.directions()
+    rdb = None
+    if storage is not None:
+        import optuna
+
+        rdb = optuna.storages.RDBStorage(storage)
     searcher = _searcher_class()(
         metric=list(directions),
         mode=list(directions.values()),
         sampler=make_sampler(space),
-        study_name=space.name,
+        study_name=study_name or space.name,
+        storage=rdb,
+        points_to_evaluate=[dict(p) for p in space.search.points_to_evaluate] or None,
     )
     if space.max_concurrent is not None:
         return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
@@ -133,11 +146,13 @@ def make_scheduler(space: SweepSpace) -> TrialScheduler | None:
     )
 
 
-def make_tune_config(space: SweepSpace) -> TuneConfig:
-    """``tune.TuneConfig`` with the search algorithm, scheduler (if any) and ``num_samples``; no metric/mode."""
+def make_tune_config(space: SweepSpace, storage: str | None = None, study_name: str | None = None) -> TuneConfig:
+    """``tune.TuneConfig`` with the search algorithm (its Optuna study in ``storage`` when given, see
+    :func:`make_search_alg`), scheduler (if any) and ``num_samples``; no metric/mode."""
     from ray import tune
 
-    kwargs: dict[str, Any] = {"search_alg": make_search_alg(space), "num_samples": space.num_samples}
+    kwargs: dict[str, Any] = {"search_alg": make_search_alg(space, storage=storage, study_name=study_name),
+                              "num_samples": space.num_samples}
     scheduler = make_scheduler(space)
     if scheduler is not None:
         kwargs["scheduler"] = scheduler

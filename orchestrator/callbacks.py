@@ -17,27 +17,41 @@ log = logging.getLogger(__name__)
 _TUNE_KEYS = {
     "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
     "iterations_since_restore", "checkpoint_dir_name", "done", "should_checkpoint", "date", "trial_id",
-    "experiment_tag", "config",
+    "experiment_tag", "config", "training_iteration",
 }
 
 
 class MLflowTrialCallback(tune.Callback):
-    """Logs params when a trial starts, per-epoch metrics as results arrive, and on completion the final
-    metrics, per-attack table, masking diagnostics and the model (weights + config) from the trial's
-    checkpoint. Trials stopped early by the scheduler end as ``KILLED`` with ``qshield.stopped_early=true``;
-    failed trials end as ``FAILED`` with the error in tag ``qshield.error``.
+    """Logs params when a trial starts, per-epoch metrics as results arrive (each epoch once, also after a
+    resume), and on completion the final metrics, per-attack table, masking diagnostics and the trial's model as
+    an MLflow Model (:func:`orchestrator.mlflow_model.log_trial_model`: a pyfunc LoggedModel linked to the run).
+    Run names carry the searched values (``trial 3f2a: arch=hybrid method=pgd_at``). Trials stopped early by the
+    scheduler end as ``KILLED`` with ``qshield.stopped_early=true``; failed trials end as ``FAILED`` with the
+    error in tag ``qshield.error``.
+
+    Args:
+        tracker: the sweep's tracker.
+        searched: names of the searched parameters (they go into run names).
     """
 
-    def __init__(self, tracker: SweepTracker) -> None:
+    def __init__(self, tracker: SweepTracker, searched: list[str] | tuple[str, ...] = ()) -> None:
         self.tracker = tracker
+        self.searched = tuple(searched)
         self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
 
     def setup(self, **info: Any) -> None:
         self.tracker.parent_run_id()
 
     def _run(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:
-            self._runs[trial.trial_id] = self.tracker.trial_run_id(trial.trial_id, params=trial.config)
+            config = trial.config or {}
+            label = " ".join(f"{k}={_short(config[k])}" for k in self.searched if k in config)
+            run_id = self.tracker.trial_run_id(trial.trial_id, params=config, run_name=f"trial {trial.trial_id}"
+                                               + (f": {label}" if label else ""))
+            self._runs[trial.trial_id] = run_id
+            # a resumed trial may re-report epochs already logged before the restart: log each epoch once
+            self._last_step[trial.trial_id] = self.tracker.last_step(run_id, "epoch")
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -47,8 +61,18 @@ class MLflowTrialCallback(tune.Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._run(trial)
         metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS and not isinstance(v, (list, dict))}
-        self.tracker.log_metrics(self._run(trial), metrics, step=int(result.get("epoch", 0)))
+        step = int(result.get("epoch", 0))
+        if result.get("final"):
+            # the objectives: one value each (logged at the last epoch's step); the per-epoch series stay as they are
+            metrics.pop("epoch", None)
+            self.tracker.log_metrics(run_id, metrics, step=step)
+            return
+        if step <= self._last_step.get(trial.trial_id, -1):
+            return  # this epoch was logged before a restart
+        self._last_step[trial.trial_id] = step
+        self.tracker.log_metrics(run_id, metrics, step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run(trial)
@@ -58,21 +82,27 @@ class MLflowTrialCallback(tune.Callback):
             self.tracker.finish(run_id, "KILLED")
             return
         # the final metrics were logged by on_trial_result when the final report arrived
-        self.tracker.set_tags(
-            run_id,
-            {"qshield.trustworthy": str(bool(result.get("trustworthy"))).lower(), "qshield.final": "true"},
-        )
+        tags = {"qshield.trustworthy": str(bool(result.get("trustworthy"))).lower(),
+                "qshield.flag": str(result.get("flag", ""))}
+        if result.get("strongest_attack"):
+            tags["qshield.strongest_attack"] = str(result["strongest_attack"])
+        self.tracker.set_tags(run_id, tags)
         if result.get("attack_table"):
             self.tracker.log_table(run_id, result["attack_table"], "attacks.json")
         if result.get("diagnostics"):
             self.tracker.log_json(run_id, result["diagnostics"], "masking_diagnostics.json")
+        for key in ("worst_case", "min_eps"):
+            if result.get(key):
+                self.tracker.log_json(run_id, result[key], f"{key}.json")
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(checkpoint.to_directory(tmp))
-                model_dir = path / "model"
+                model_dir = Path(checkpoint.to_directory(tmp)) / "model"
                 if model_dir.is_dir():
-                    self.tracker.log_artifacts(run_id, model_dir, "model")
+                    model_id = self.tracker.log_model(run_id, model_dir)
+                    self.tracker.set_tags(run_id, {"qshield.model_id": model_id})
+        # last: selection reads only trials marked final, so a crash above never leaves a half-logged "final" run
+        self.tracker.set_tags(run_id, {"qshield.final": "true"})
         self.tracker.finish(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -80,6 +110,11 @@ class MLflowTrialCallback(tune.Callback):
         message = _trial_error_message(trial)
         self.tracker.set_tags(run_id, {"qshield.error": message})
         self.tracker.finish(run_id, "FAILED")
+
+
+def _short(value: Any) -> str:
+    """A searched value as it reads in a run name (floats to 3 significant digits)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _trial_error_message(trial: Any) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .run import add_sweep_arguments, run_from_args
+from .scoring import Rule
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SPACE = ROOT / "search_spaces" / "mnist5k-demo.yaml"
@@ -27,20 +28,17 @@ def _weights(text: str) -> dict[str, float]:
 def cmd_select(args: argparse.Namespace) -> int:
     from .registry import SelectionError, select_champion
 
+    from .run import describe_selection
+
     try:
         sel = select_champion(args.sweep, model_name=args.model_name, rule=args.rule, weights=args.weights,
-                              primary=args.primary, experiment=args.experiment, tracking_uri=args.tracking_uri,
-                              verify=not args.no_verify)
+                              primary=args.primary, accuracy_floor=args.accuracy_floor, experiment=args.experiment,
+                              tracking_uri=args.tracking_uri, verify=not args.no_verify)
     except (SelectionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"registered {sel.model_name} version {sel.version} from run {sel.run_id} (rule {sel.rule})")
+    print(describe_selection(sel))
     print("objectives: " + ", ".join(f"{k}={v:.4f}" for k, v in sel.objectives.items()))
-    print(f"alias champion -> version {sel.version}" + (f"; challenger -> version {sel.challenger_version}"
-                                                          if sel.challenger_version else ""))
-    if sel.verified:
-        print("reloaded models:/%s@champion and re-evaluated: %s" % (
-            sel.model_name, ", ".join(f"{k} logged {a:.4f} / now {b:.4f}" for k, (a, b) in sel.verified.items())))
     return 0
 
 
@@ -53,14 +51,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"qshield demo: a real sweep of {DEMO_SPACE.name} on local Ray; results in {workdir}", flush=True)
     sweep_args = argparse.Namespace(
         space=str(DEMO_SPACE), name=None, storage_path=str(workdir / "ray_results"), tracking_uri=tracking,
-        experiment="qshield-demo", num_samples=args.num_samples, num_cpus=None, select="knee",
+        experiment="qshield-demo", num_samples=args.num_samples, num_cpus=None, select="space",
         model_name="qshield-demo",
     )
     code = run_from_args(sweep_args)
     print()
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
     print("Open the MLflow UI on these results:")
-    print(f"  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking} --port 5000")
+    print(f"  {mlflow_cli} ui --backend-store-uri {tracking} --port 5000")
     print("  then browse http://127.0.0.1:5000 (experiment 'qshield-demo'; the champion is under Models)")
+    print("Use the champion with MLflow's own tools:")
+    print(f"  MLFLOW_TRACKING_URI={tracking} python -c \"import mlflow, numpy as np; "
+          "m = mlflow.pyfunc.load_model('models:/qshield-demo@champion'); "
+          "print(m.predict(np.zeros((1, 1, 28, 28), np.float32)))\"")
+    print(f"  MLFLOW_TRACKING_URI={tracking} {mlflow_cli} models serve -m models:/qshield-demo@champion "
+          "--env-manager local --port 5001")
+    optuna_db = workdir / "optuna.db"
+    if optuna_db.exists():
+        print(f"The Optuna study: optuna-dashboard sqlite:///{optuna_db}  (study 'mnist5k-demo'), or "
+              f"optuna.load_study(study_name='mnist5k-demo', storage='sqlite:///{optuna_db}')")
     return code
 
 
@@ -75,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="register a sweep's champion in the MLflow registry and verify it")
     p.add_argument("--sweep", required=True, help="sweep name")
-    p.add_argument("--rule", default="knee", choices=["knee", "weighted", "constrained_best"], help="selection rule")
+    p.add_argument("--rule", choices=[r.value for r in Rule],
+                   help="selection rule (default: the sweep space's `selection.rule`, robust_floor unless set)")
+    p.add_argument("--accuracy-floor", type=float, metavar="F",
+                   help="for robust_floor: eligible trials are at most F below the best clean accuracy (default 0.02)")
     p.add_argument("--weights", type=_weights, help="for --rule weighted: metric=weight pairs, e.g. accuracy=1,asr=1")
     p.add_argument("--primary", help="for --rule constrained_best: the objective to maximise/minimise first")
     p.add_argument("--model-name", help="registered model name (default: qshield-<sweep>)")

@@ -1,12 +1,20 @@
 """Choose a sweep's champion, register it in the MLflow Model Registry, and verify it by reloading it.
 
 ``select_champion`` reads the finished trial runs of a sweep from MLflow, applies the sweep's constraints, picks
-one by a rule (``knee``, ``weighted`` or ``constrained_best``, see :mod:`orchestrator.scoring`), registers its
-logged model directory (weights + config, a safe ``torch.load(weights_only=True)`` format) as a new version of a
-registered model, tags the version with its objective values, points alias ``champion`` at it (the next
-Pareto-front member by the same rule gets ``challenger``), then downloads ``models:/<name>@champion`` and
-re-evaluates it on the test set. If the numbers disagree with the logged ones the aliases are put back as they
-were and :class:`SelectionError` is raised: a registry entry that does not reproduce is never left as champion.
+one by a rule (default ``robust_floor``; ``knee``, ``weighted``, ``constrained_best``: :mod:`orchestrator.scoring`)
+and registers the trial's logged MLflow Model (a ``pyfunc`` LoggedModel, :mod:`orchestrator.mlflow_model`) as a
+version of a registered model, tagged with its objective values, the rule and the one-sentence reason it won.
+The runner-up by the same rule is registered too and gets alias ``challenger``.
+
+Before an alias moves, the new version is verified: ``models:/<name>/<version>`` is downloaded, its weights
+loaded safely (``torch.load(weights_only=True)``), the model re-evaluated on the test set (the numbers must equal
+the logged ones) and MLflow's own ``mlflow.pyfunc.load_model`` must reproduce the model's class probabilities on
+the input example. Only then does ``champion`` point at it (one alias call, so readers never see a half-made
+champion); a version that does not reproduce is tagged ``qshield.verification=failed`` and never aliased.
+
+Selecting is idempotent: a run already registered under the model name reuses its version (two selections
+racing each other converge on the lowest version number; the other is deleted), so re-running ``select`` never
+adds a duplicate version.
 """
 
 from __future__ import annotations
@@ -20,12 +28,15 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from .scoring import NoFeasiblePointError, pareto_front, select
-from .tracking import SweepTracker
+from .mlflow_model import MODEL_FILES, load_checked_pyfunc, use_tracking_uri
+from .scoring import DEFAULT_ACCURACY_FLOOR, NoFeasiblePointError, choose
+from .tracking import TRIAL, SweepTracker, quote
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-#: objectives compared after reloading the champion (all deterministic on CPU for a fixed seed)
-VERIFY_KEYS = ("accuracy", "asr", "robust_accuracy")
+#: metrics compared after reloading the champion (all deterministic on CPU for a fixed seed)
+VERIFY_KEYS = ("accuracy", "robust_accuracy", "asr", "adversary_cost")
+#: metrics every ranked point carries besides the objectives (robust_floor reads them), with their intervals
+_CONTEXT_KEYS = ("accuracy", "robust_accuracy")
 
 
 class SelectionError(RuntimeError):
@@ -39,7 +50,10 @@ class Selection:
     run_id: str
     rule: str
     objectives: dict[str, float]
+    reason: str = ""
+    trial_id: str = ""
     challenger_version: str | None = None
+    challenger_reason: str = ""
     verified: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (logged, re-evaluated)
 
 
@@ -53,125 +67,187 @@ def _finished_trials(tracker: SweepTracker) -> list[Any]:
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
-def _sweep_settings(tracker: SweepTracker) -> tuple[dict[str, str], dict[str, float]]:
+def _sweep_settings(tracker: SweepTracker) -> tuple[str, dict[str, str], dict[str, float], dict[str, Any]]:
     parent_id = tracker.find_parent_run_id()  # read only: selecting must not reopen the finished sweep run
     if parent_id is None:
         raise SelectionError(f"sweep {tracker.sweep!r} has no parent run in experiment {tracker.experiment_name!r}")
     parent = tracker.client.get_run(parent_id)
     tags = parent.data.tags
-    directions = json.loads(tags.get("qshield.objectives", '{"accuracy": "max", "asr": "min"}'))
+    directions = json.loads(tags.get("qshield.objectives", '{"accuracy": "max", "robust_accuracy": "max"}'))
     constraints = json.loads(tags.get("qshield.constraints", "{}"))
-    return directions, constraints
+    selection = json.loads(tags.get("qshield.selection", '{"rule": "robust_floor", "accuracy_floor": 0.02}'))
+    return parent_id, directions, constraints, selection
+
+
+def _point(run: Any, directions: dict[str, str]) -> dict[str, float]:
+    """The objectives of a trial run, plus accuracy / robust accuracy and every available 95% interval."""
+    metrics = run.data.metrics
+    point = {k: float(metrics[k]) for k in directions}
+    for key in (*directions, *_CONTEXT_KEYS):
+        for suffix in ("", "_ci_low", "_ci_high"):
+            if key + suffix in metrics:
+                point[key + suffix] = float(metrics[key + suffix])
+    return point
 
 
 def select_champion(
     sweep: str,
     *,
     model_name: str | None = None,
-    rule: str = "knee",
+    rule: str | None = None,
     weights: dict[str, float] | None = None,
     primary: str | None = None,
+    accuracy_floor: float | None = None,
     experiment: str = "qshield",
     tracking_uri: str | None = None,
     verify: bool = True,
     tolerance: float = 1e-6,
 ) -> Selection:
-    """Pick, register, alias and verify the champion of ``sweep`` (see the module docstring)."""
+    """Pick, register, verify and alias the champion of ``sweep`` (see the module docstring).
+
+    ``rule`` and ``accuracy_floor`` default to the sweep space's ``selection`` (recorded on its parent run),
+    else ``robust_floor`` with a floor of :data:`~orchestrator.scoring.DEFAULT_ACCURACY_FLOOR`.
+    """
     tracker = SweepTracker(sweep, experiment, tracking_uri)
     if tracker.client.get_experiment_by_name(experiment) is None:
         raise SelectionError(f"experiment {experiment!r} does not exist at {tracker.tracking_uri}")
     runs = _finished_trials(tracker)
-    directions, constraints = _sweep_settings(tracker)
-    # a non-finite objective (asr with no correctly classified image to attack) is not logged: such a trial
+    parent_id, directions, constraints, recorded = _sweep_settings(tracker)
+    rule = rule or str(recorded.get("rule", "robust_floor"))
+    if accuracy_floor is None:
+        accuracy_floor = float(recorded.get("accuracy_floor", DEFAULT_ACCURACY_FLOOR))
+    # a non-finite objective (e.g. asr with no correctly classified image to attack) is not logged: such a trial
     # cannot be ranked (as in the sweep's own summary)
     runs = [r for r in runs if all(k in r.data.metrics for k in directions)]
     if not runs:
         raise SelectionError(f"sweep {sweep!r}: no finished trial has a value for every objective "
                              f"({', '.join(directions)}); nothing can be ranked")
-    points = [{k: r.data.metrics[k] for k in directions} for r in runs]
+    points = [_point(r, directions) for r in runs]
+    ids = [r.data.tags.get(TRIAL, r.info.run_id) for r in runs]
+    options = {"weights": weights, "primary": primary, "accuracy_floor": accuracy_floor}
     try:
-        best = select(points, rule, directions, weights=weights, constraints=constraints, primary=primary)
+        best, reason = choose(points, rule, directions, constraints=constraints, ids=ids, **options)
     except NoFeasiblePointError as exc:
         raise SelectionError(f"sweep {sweep!r}: {exc}") from exc
+    except ValueError as exc:
+        raise SelectionError(f"sweep {sweep!r}: {exc}") from exc
+    others = [i for i in range(len(runs)) if i != best]
+    runner_up: tuple[int, str] | None = None
+    if others:
+        try:
+            j, why = choose([points[i] for i in others], rule, directions, constraints=constraints,
+                            ids=[ids[i] for i in others], **options)
+            runner_up = (others[j], f"runner-up by {rule}: {why}")
+        except NoFeasiblePointError:
+            runner_up = None
     name = model_name or f"qshield-{sweep}"
     client = tracker.client
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"qshield.sweep": sweep}, description=f"Champion of sweep {sweep}")
-
-    previous = _aliases(client, name)
-    champion = _register(client, name, runs[best], points[best], rule, sweep)
-    challenger = None
-    front = [i for i in pareto_front(points, directions) if i != best]
-    if front:
-        others = [points[i] for i in front]
+    with use_tracking_uri(tracker.tracking_uri):
         try:
-            nxt = front[select(others, rule, directions, weights=weights, primary=primary)]
-            challenger = _register(client, name, runs[nxt], points[nxt], rule, sweep)
-        except NoFeasiblePointError:
-            challenger = None
-    client.set_registered_model_alias(name, CHAMPION, champion.version)
-    if challenger is not None:
-        client.set_registered_model_alias(name, CHALLENGER, challenger.version)
-    selection = Selection(name, champion.version, runs[best].info.run_id, rule, points[best],
-                          challenger.version if challenger else None)
-    if verify:
-        try:
-            selection.verified = verify_champion(name, runs[best], tracker.tracking_uri, tolerance)
-        except Exception:
-            _restore_aliases(client, name, previous)
-            client.set_model_version_tag(name, champion.version, "qshield.verification", "failed")
-            raise
-        client.set_model_version_tag(name, champion.version, "qshield.verification", "passed")
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, tags={"qshield.sweep": sweep},
+                                           description=f"Champion of sweep {sweep} (qshield)")
+        champion = _register(client, name, runs[best], points[best], rule, reason, sweep)
+        selection = Selection(name, champion.version, runs[best].info.run_id, rule,
+                              {k: points[best][k] for k in directions}, reason, ids[best])
+        if verify:
+            try:
+                selection.verified = verify_version(name, champion.version, runs[best], tracker.tracking_uri,
+                                                    tolerance)
+            except Exception:
+                client.set_model_version_tag(name, champion.version, "qshield.verification", "failed")
+                raise
+            client.set_model_version_tag(name, champion.version, "qshield.verification", "passed")
+        client.set_registered_model_alias(name, CHAMPION, champion.version)
+        if runner_up is not None:
+            j, why = runner_up
+            challenger = _register(client, name, runs[j], points[j], f"challenger ({rule})", why, sweep)
+            client.set_registered_model_alias(name, CHALLENGER, challenger.version)
+            selection.challenger_version, selection.challenger_reason = challenger.version, why
+    _record_on_parent(tracker, parent_id, selection, runs[best])
     return selection
 
 
-def _register(client: Any, name: str, run: Any, objectives: dict[str, float], rule: str, sweep: str) -> Any:
-    tags = {f"objective.{k}": f"{v:.6g}" for k, v in objectives.items()}
-    tags.update({"qshield.sweep": sweep, "qshield.rule": rule, "qshield.trial_id": run.data.tags.get("qshield.trial_id", "")})
-    return client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id, tags=tags)
+def _record_on_parent(tracker: SweepTracker, parent_id: str, sel: Selection, run: Any) -> None:
+    """The sweep's parent run carries the champion: its run id, version, reason (tags) and metrics."""
+    tracker.set_tags(parent_id, {
+        "qshield.champion_run_id": sel.run_id,
+        "qshield.champion_trial_id": sel.trial_id,
+        "qshield.champion_model": f"models:/{sel.model_name}/{sel.version}",
+        "qshield.champion_reason": sel.reason,
+    })
+    keys = [k for k in run.data.metrics if k.split("_ci_")[0] in (*_CONTEXT_KEYS, "asr", "adversary_cost")]
+    tracker.log_metrics(parent_id, {f"champion_{k}": run.data.metrics[k] for k in keys})
 
 
-def _aliases(client: Any, name: str) -> dict[str, str]:
-    model = client.get_registered_model(name)
-    return dict(getattr(model, "aliases", {}) or {})
+def _model_id(run: Any) -> str:
+    model_id = run.data.tags.get("qshield.model_id")
+    outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
+    if not model_id and outputs:
+        model_id = outputs[-1].model_id
+    if not model_id:
+        raise SelectionError(
+            f"trial run {run.info.run_id} has no logged MLflow model (runs of qshield before 0.2 logged plain "
+            f"files); re-run the trial (`qshield train --from-run {run.info.run_id}`) or the sweep"
+        )
+    return str(model_id)
 
 
-def _restore_aliases(client: Any, name: str, previous: dict[str, str]) -> None:
-    for alias in (CHAMPION, CHALLENGER):
-        if alias in previous:
-            client.set_registered_model_alias(name, alias, previous[alias])
-        else:
-            try:
-                client.delete_registered_model_alias(name, alias)
-            except MlflowException:
-                pass
+def _register(client: Any, name: str, run: Any, point: dict[str, float], rule: str, reason: str, sweep: str) -> Any:
+    """The version of ``name`` for ``run``: the existing one if the run is already registered (idempotent),
+    else a new one from the run's LoggedModel. Concurrent callers converge on the lowest version number."""
+    run_id = run.info.run_id
+    existing = _versions_of(client, name, run_id)
+    if existing:
+        version = existing[0]
+    else:
+        model_id = _model_id(run)
+        tags = {f"objective.{k}": f"{v:.6g}" for k, v in point.items()}
+        tags.update({"qshield.sweep": sweep, "qshield.trial_id": run.data.tags.get(TRIAL, "")})
+        created = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
+                                              model_id=model_id)
+        versions = _versions_of(client, name, run_id)
+        version = versions[0]
+        if created.version != version.version:  # another selection registered the run first: keep theirs
+            client.delete_model_version(name, created.version)
+    client.set_model_version_tag(name, version.version, "qshield.rule", rule)
+    client.set_model_version_tag(name, version.version, "qshield.reason", reason[:5000])
+    return version
+
+
+def _versions_of(client: Any, name: str, run_id: str) -> list[Any]:
+    """Versions of ``name`` registered from ``run_id``, lowest version first."""
+    found = client.search_model_versions(f"name = '{quote(name)}' and run_id = '{quote(run_id)}'")
+    return sorted(found, key=lambda v: int(v.version))
 
 
 def load_registered(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, dict[str, Any], Path]:
-    """Download ``models:/<name>@<alias>`` (or any model URI) and load it safely; returns (model, params, dir)."""
+    """Download ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` and load its weights safely.
+
+    Returns ``(torch model, trial params, directory holding model.pt / params.json / space.json)``.
+    ``models:/`` URIs resolve against the registry of ``tracking_uri`` (``$MLFLOW_REGISTRY_URI`` if set).
+    """
     import mlflow
 
     from qshield.models import load_model
 
-    from .trial import MODEL_FILE
+    from .tracking import resolve_tracking_uri
 
-    # ``models:/`` URIs resolve against the *registry* URI. MLflow's own resolution of them
-    # (ModelsArtifactRepository) reads the global default registry (the cwd's sqlite:///mlflow.db, which it creates)
-    # even when ``registry_uri`` is passed, so the version is looked up here, in the sweep's registry.
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
-    try:
-        artifact_uri = _version_download_uri(model_uri, tracking_uri, registry_uri)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, tracking_uri=tracking_uri,
-                                                         registry_uri=registry_uri))
-    except MlflowException as exc:
-        raise SelectionError(f"cannot load {model_uri}: {exc.message if hasattr(exc, 'message') else exc}") from exc
-    if not (local / MODEL_FILE).exists():
-        raise SelectionError(f"{model_uri} holds no {MODEL_FILE}; it was not logged by a qshield sweep")
-    model, _ = load_model(local / MODEL_FILE)
-    params = json.loads((local / "params.json").read_text()) if (local / "params.json").exists() else {}
-    return model, params, local
+    with use_tracking_uri(tracking_uri, registry_uri):
+        try:
+            artifact_uri = _version_download_uri(model_uri, tracking_uri, registry_uri)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri))
+        except MlflowException as exc:
+            raise SelectionError(f"cannot load {model_uri}: {exc.message if hasattr(exc, 'message') else exc}") from exc
+    files = local / "artifacts" if (local / "artifacts" / MODEL_FILES["weights"]).exists() else local
+    if not (files / MODEL_FILES["weights"]).exists():
+        raise SelectionError(f"{model_uri} holds no {MODEL_FILES['weights']}; it was not logged by a qshield sweep")
+    model, _ = load_model(files / MODEL_FILES["weights"])
+    params = json.loads((files / "params.json").read_text()) if (files / "params.json").exists() else {}
+    return model, params, files
 
 
 def _version_download_uri(model_uri: str, tracking_uri: str | None, registry_uri: str | None) -> str:
@@ -217,24 +293,37 @@ def _version_download_uri(model_uri: str, tracking_uri: str | None, registry_uri
     return f"{location.rstrip('/')}/{path}" if path else location
 
 
-def verify_champion(name: str, run: Any, tracking_uri: str, tolerance: float) -> dict[str, tuple[float, float]]:
-    """Reload ``models:/<name>@champion``, re-evaluate it on the test set, compare with the run's metrics."""
+def verify_version(
+    name: str, version: str, run: Any, tracking_uri: str, tolerance: float
+) -> dict[str, tuple[float, float]]:
+    """Reload ``models:/<name>/<version>``, re-evaluate it on the test set and compare with the run's metrics;
+    check that MLflow's ``pyfunc`` loader gives the model's own class probabilities on the input example."""
+    import numpy as np
+    import torch
+
     from .space import parse_space
     from .trial import evaluate_trained
 
-    model, params, local = load_registered(f"models:/{name}@{CHAMPION}", tracking_uri)
+    uri = f"models:/{name}/{version}"
+    model, _, local = load_registered(uri, tracking_uri)
     space = parse_space(json.loads((local / "space.json").read_text()), source=str(local / "space.json"))
     fresh = evaluate_trained(model, space)
     checked = {}
     bad = []
     for key in VERIFY_KEYS:
         logged = run.data.metrics.get(key)
-        if logged is None:
+        if logged is None or key not in fresh:
             continue
         now = float(fresh[key])
         checked[key] = (float(logged), now)
         if not math.isclose(logged, now, abs_tol=tolerance):
             bad.append(f"{key}: logged {logged:.6f}, re-evaluated {now:.6f}")
+    example = np.load(local / MODEL_FILES["input_example"], allow_pickle=False).astype(np.float32)
+    served = load_checked_pyfunc(local.parent).predict(example)
+    with torch.no_grad():
+        own = torch.softmax(model.eval()(torch.from_numpy(example)), dim=1).numpy()
+    if np.asarray(served).shape != own.shape or not np.allclose(served, own, atol=1e-5):
+        bad.append("mlflow.pyfunc.load_model(...).predict(input example) differs from the model's probabilities")
     if bad:
-        raise SelectionError(f"models:/{name}@{CHAMPION} does not reproduce its logged metrics: " + "; ".join(bad))
+        raise SelectionError(f"{uri} does not reproduce its logged metrics: " + "; ".join(bad))
     return checked

@@ -1,7 +1,8 @@
 """Re-run one recorded sweep trial exactly and compare: ``qshield train --from-run RUN_ID [--tracking-uri URI]``.
 
-A finished sweep trial records, in its nested MLflow run, artifact directory ``model/`` (written by
-:func:`orchestrator.trial.run_trial`, logged by :class:`orchestrator.callbacks.MLflowTrialCallback`):
+A finished sweep trial records, in the MLflow Model logged by its nested run (folder ``artifacts/`` of the
+LoggedModel; written by :func:`orchestrator.trial.run_trial`, logged by
+:class:`orchestrator.callbacks.MLflowTrialCallback`):
 
 * ``params.json``: the sampled parameters of the trial (the Tune config);
 * ``space.json``: the whole validated search space (dataset, limits, seed, attacks, resources, ...);
@@ -49,8 +50,8 @@ __all__ = [
     "rerun_from_run",
 ]
 
-#: artifact path of a trial's model directory in its MLflow run (see orchestrator.callbacks)
-MODEL_ARTIFACT = "model"
+#: folder of a trial's logged MLflow model that holds its files (weights, params, space; orchestrator.mlflow_model)
+MODEL_ARTIFACT = "artifacts"
 _RECORD_FILES = ("params.json", "space.json", "model.pt")
 #: ``qshield train`` options that still apply with ``--from-run`` (all others are taken from the record)
 _COMPATIBLE = {"help", "from_run", "tracking_uri", "tolerance", "out", "threads", "no_progress", "verbose", "device"}
@@ -160,6 +161,7 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from .mlflow_model import use_tracking_uri
     from .space import SpaceError, parse_space
     from .tracking import ROLE, SWEEP, TRIAL, resolve_tracking_uri
 
@@ -185,14 +187,20 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
                          f"allowed values: {allowed}")
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
+    outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
+    model_id = tags.get("qshield.model_id") or (outputs[-1].model_id if outputs else None)
+    if not model_id:
+        raise RerunError(f"--from-run={run_id!r}: the run has no logged MLflow model; the trial was not recorded "
+                         f"by a qshield sweep")
     try:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
-                                                         dst_path=str(dst), tracking_uri=uri))
+        with use_tracking_uri(uri):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst)))
     except (MlflowException, OSError) as exc:
-        raise RerunError(f"--from-run={run_id!r}: cannot download its {MODEL_ARTIFACT!r} artifacts: {exc}") from None
+        raise RerunError(f"--from-run={run_id!r}: cannot download its model {model_id}: {exc}") from None
+    local = local / MODEL_ARTIFACT
     missing = [name for name in _RECORD_FILES if not (local / name).is_file()]
     if missing:
-        raise RerunError(f"--from-run={run_id!r}: artifacts {MODEL_ARTIFACT}/ lack {', '.join(missing)}; "
+        raise RerunError(f"--from-run={run_id!r}: its model's {MODEL_ARTIFACT}/ lack {', '.join(missing)}; "
                          f"the trial was not recorded by a qshield sweep")
     try:
         params = json.loads((local / "params.json").read_text())

@@ -15,6 +15,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .scoring import Rule
+
+#: selection rules a user can name (``weighted`` needs ``qshield select --weights``)
+RULES = [r.value for r in Rule if r is not Rule.WEIGHTED]
+
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", required=True, metavar="FILE", help="search-space YAML (see search_spaces/)")
@@ -25,8 +30,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="qshield", help="MLflow experiment name (default: qshield)")
     parser.add_argument("--num-samples", type=int, metavar="N", help="override the space's trial count")
     parser.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray (ignored when attaching to a cluster)")
-    parser.add_argument("--select", choices=["knee", "weighted", "constrained_best"],
-                        help="after the sweep, register its champion with this rule")
+    parser.add_argument("--select", nargs="?", const="space", choices=["space", *RULES],
+                        help="after the sweep, register its champion (with the space's selection rule, or the one "
+                             "named here)")
     parser.add_argument("--model-name", help="registered model name for --select (default: qshield-<sweep>)")
 
 
@@ -60,15 +66,29 @@ def run_from_args(args: argparse.Namespace) -> int:
         from .registry import SelectionError, select_champion
 
         try:
-            sel = select_champion(result.name, model_name=args.model_name, rule=args.select,
+            sel = select_champion(result.name, model_name=args.model_name,
+                                  rule=None if args.select == "space" else args.select,
                                   experiment=args.experiment, tracking_uri=result.tracking_uri)
         except SelectionError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"champion: models:/{sel.model_name}@champion = version {sel.version} (run {sel.run_id}); "
-              f"re-evaluated: " + ", ".join(f"{k} {a:.4f}={b:.4f}" for k, (a, b) in sel.verified.items()))
+        print(describe_selection(sel))
     failed = sum(t.status == "error" for t in result.trials)
     return 0 if result.finished() and not failed else (1 if not result.finished() else 0)
+
+
+def describe_selection(sel: object) -> str:
+    """What ``select`` did, for the terminal: the registered URI, why it won, the challenger, the verification."""
+    lines = [f"champion: models:/{sel.model_name}@champion = version {sel.version} (trial {sel.trial_id}, "
+             f"run {sel.run_id}, rule {sel.rule})", f"  why: {sel.reason}"]
+    if sel.challenger_version:
+        lines.append(f"challenger: models:/{sel.model_name}@challenger = version {sel.challenger_version} "
+                     f"({sel.challenger_reason})")
+    if sel.verified:
+        lines.append("  reloaded from the registry and re-evaluated: " + ", ".join(
+            f"{k} logged {a:.4f} / now {b:.4f}" for k, (a, b) in sel.verified.items())
+            + "; mlflow.pyfunc.load_model reproduces its probabilities")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from ._space_model import (
     SchedulerName,
     SearchAlgorithm,
     SearchConfig,
+    SelectionConfig,
     SweepSpace,
 )
 from ._space_tune import make_sampler, make_scheduler, make_search_alg, make_tune_config, to_tune_param_space
@@ -58,6 +59,7 @@ __all__ = [
     "Constraints",
     "Resources",
     "SearchConfig",
+    "SelectionConfig",
     "EarlyStopping",
     # domains and the parameter table
     "Domain",

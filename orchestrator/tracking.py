@@ -31,6 +31,8 @@ from mlflow.exceptions import MlflowException
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: Experiment tag the MLflow UI reads to open an experiment in its model-training (not GenAI) view.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 ROLE, SWEEP, TRIAL = "qshield.role", "qshield.sweep", "qshield.trial_id"
 PARENT = "mlflow.parentRunId"
 _MAX_PARAM_LEN = 6000
@@ -45,6 +47,17 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """``<database folder>/mlartifacts/<experiment>`` for a local ``sqlite:///`` store; None (the server's choice)
+    otherwise."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    database = Path(tracking_uri[len(prefix):])
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in experiment)
+    return str(database.resolve().parent / "mlartifacts" / safe)
 
 
 def run_environment_tags() -> dict[str, str]:
@@ -152,14 +165,25 @@ class SweepTracker:
 
     @property
     def experiment_id(self) -> str:
+        """The experiment's id; created on first use, in MLflow's model-training view
+        (tag ``mlflow.experimentKind = custom_model_development``) and, for a sqlite store, with its artifacts in
+        ``mlartifacts/<experiment>`` next to the database (MLflow's default would be ``./mlruns`` of whatever
+        directory the process runs in)."""
         if self._experiment_id is None:
             exp = self._call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
             if exp is None:
+                location = default_artifact_location(self.tracking_uri, self.experiment_name)
                 self._experiment_id = self._call(
-                    "create experiment", lambda: self.client.create_experiment(self.experiment_name)
+                    "create experiment",
+                    lambda: self.client.create_experiment(
+                        self.experiment_name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+                    ),
                 )
             else:
                 self._experiment_id = exp.experiment_id
+                if exp.tags.get(EXPERIMENT_KIND) is None:
+                    self._call("tag experiment", lambda: self.client.set_experiment_tag(
+                        exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING))
         return self._experiment_id
 
     def _find(self, filter_string: str) -> list[Any]:
@@ -189,15 +213,15 @@ class SweepTracker:
 
     def find_parent_run_id(self) -> str | None:
         """The sweep's existing parent run (found by tags), or None; never creates or reopens a run."""
-        runs = self._find(f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{_q(self.sweep)}'")
+        runs = self._find(f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{quote(self.sweep)}'")
         return runs[0].info.run_id if runs else None
 
     # -- trials -----------------------------------------------------------------------------------------------
-    def trial_run_id(self, trial_id: str, params: Mapping[str, Any] | None = None) -> str:
+    def trial_run_id(self, trial_id: str, params: Mapping[str, Any] | None = None, run_name: str | None = None) -> str:
         """The nested run of a Tune trial; an existing one is reused (no duplicates when a sweep resumes)."""
         parent = self.parent_run_id()
         runs = self._find(
-            f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{_q(self.sweep)}' and tags.`{TRIAL}` = '{_q(trial_id)}'"
+            f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{quote(self.sweep)}' and tags.`{TRIAL}` = '{quote(trial_id)}'"
         )
         if runs:
             run_id = runs[0].info.run_id
@@ -206,7 +230,7 @@ class SweepTracker:
         tags = {ROLE: "trial", SWEEP: self.sweep, TRIAL: trial_id, PARENT: parent, **run_environment_tags()}
         run = self._call(
             "create trial run",
-            lambda: self.client.create_run(self.experiment_id, run_name=f"trial {trial_id}", tags=tags),
+            lambda: self.client.create_run(self.experiment_id, run_name=run_name or f"trial {trial_id}", tags=tags),
         )
         if params:
             self.log_params(run.info.run_id, params)
@@ -214,7 +238,7 @@ class SweepTracker:
 
     def trial_runs(self) -> list[Any]:
         """All trial runs of this sweep (MLflow ``Run`` objects)."""
-        return self._find(f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{_q(self.sweep)}'")
+        return self._find(f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{quote(self.sweep)}'")
 
     # -- logging ----------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -267,12 +291,23 @@ class SweepTracker:
         frame = pd.DataFrame(list(rows))
         self._call("log table", lambda: self.client.log_table(run_id, frame, artifact_file))
 
+    def last_step(self, run_id: str, key: str) -> int:
+        """The largest step logged for metric ``key`` of a run (-1 when none): where a resumed trial's series ends."""
+        history = self._call("read metric history", lambda: self.client.get_metric_history(run_id, key))
+        return max((int(m.step) for m in history), default=-1)
+
+    def log_model(self, run_id: str, model_dir: str | os.PathLike) -> str:
+        """Log a trial's model directory as the run's MLflow Model (pyfunc, from code); returns its model id."""
+        from .mlflow_model import log_trial_model
+
+        return self._call("log model", lambda: log_trial_model(self.tracking_uri, run_id, model_dir))
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._call("end run", lambda: self.client.set_terminated(run_id, status=status))
 
 
-def _q(value: str) -> str:
-    """Escape a value for an MLflow filter string."""
+def quote(value: str) -> str:
+    """Escape a value for a string literal of an MLflow filter (``search_runs`` / ``search_model_versions``)."""
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 

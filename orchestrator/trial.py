@@ -4,12 +4,21 @@
 re-runs a single trial exactly from its recorded parameters (``qshield train --from-run``) and is unit-tested
 without Ray. Reports go through a ``report(metrics, checkpoint_dir)`` callable.
 
-Objectives of a finished trial (keys of its final report, see ``docs/search-spaces.md``):
+Objectives of a finished trial (keys of its final report, see ``docs/search-spaces.md``); every rate also has
+``<key>_ci_low`` / ``<key>_ci_high``, its 95% Wilson interval:
 
 * ``accuracy``: clean accuracy on the whole (limited) test split;
-* ``asr``: attack success rate averaged over the evaluated attacks (only correctly classified images attacked);
-* ``robust_accuracy``: accuracy under attack, averaged over the attacks;
-* ``adversary_cost``: model forward + backward calls per attacked example, averaged over the attacks (counted).
+* ``robust_accuracy``: the field's robust accuracy: the per-example worst case over the space's attack suite on
+  the first ``n_eval`` test images (an image counts only if it is classified correctly clean and after every
+  attack); ``strongest_attack`` names the attack that fooled the most images;
+* ``asr``: worst-case attack success rate: attacked images fooled by at least one attack / attacked images
+  (only correctly classified images are attacked); ``asr_mean`` is the paper's per-attack ASR averaged;
+* ``adversary_cost``: the median smallest L∞ ε that flips an attacked image, found by bisection with PGD
+  (``qshield.evaluation.minimal_eps``; images not flipped at ``eps_max`` count as ``eps_max``) — a cost that
+  measures the model, not the attack's configuration.
+
+Per attack: ``attack/<name>/asr``, ``.../robust_accuracy`` (the paper's metrics, with intervals),
+``.../queries_per_example`` (counted forward + backward calls), ``.../seconds_per_example``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from torch.utils.data import Subset, TensorDataset
 from qshield.attacks import AttackConfig
 from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset
 from qshield.data._sampling import stratified_split
-from qshield.evaluation import EvaluationReport, MaskingConfig, evaluate
+from qshield.evaluation import EvaluationReport, MaskingConfig, MinEpsConfig, evaluate, wilson_interval
 from qshield.models import ModelConfig, build_model, load_model, save_model
 from qshield.training import TrainConfig, evaluate_dataset, train
 
@@ -91,6 +100,8 @@ def space_attacks(space: SweepSpace) -> tuple[AttackConfig, ...]:
 def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBundle | DatasetSpec) -> TrialPlan:
     """Resolve a trial's configs; raises ``ValueError`` naming the field on a bad combination."""
     model = model_config_from_params(params, bundle)
+    at_steps = int(params.get("pgd_steps", 7))
+    at_eps = space.threat_eps()
     train_cfg = TrainConfig(
         epochs=int(params["epochs"]),
         lr=float(params["lr"]),
@@ -98,6 +109,10 @@ def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBund
         batch_size=int(params["batch_size"]),
         seed=space.seed,
         method=params["method"],
+        # PGD adversarial training at the space's threat model: its ε, 2.5·ε/steps per step (Madry et al.)
+        pgd_eps=at_eps,
+        pgd_alpha=min(1.0, 2.5 * at_eps / at_steps),
+        pgd_steps=at_steps,
     )
     attacks = space_attacks(space)
     return TrialPlan(model=model, train=train_cfg, attacks=attacks, params=dict(params))
@@ -191,6 +206,9 @@ def run_trial(
         (model_dir / "metrics.json").write_text(
             json.dumps({k: v for k, v in final.items() if k not in ("attack_table", "diagnostics")}, indent=2)
         )
+        # two real test images: the input example of the logged MLflow model
+        np.save(model_dir / "input_example.npy", bundle.test.tensors[0][:2].numpy().astype(np.float32),
+                allow_pickle=False)
         shutil.copy(model_dir / MODEL_FILE, ckpt / MODEL_FILE)
         (ckpt / STATE_FILE).write_text(json.dumps({"epoch": plan.train.epochs}))
         report(final, ckpt)
@@ -223,7 +241,7 @@ def evaluate_trained(
         attacks = space_attacks(space)
     model.eval()
     test_x, test_y = bundle.test.tensors
-    accuracy = float(evaluate_dataset(model, bundle.test, batch_size=256)["accuracy"])
+    clean = evaluate_dataset(model, bundle.test, batch_size=256)
     n_eval = min(space.attacks.n_eval, len(test_y))
     evaluation = evaluate(
         model,
@@ -236,30 +254,53 @@ def evaluate_trained(
         diagnostics=space.attacks.diagnostics,
         masking=MaskingConfig(n_examples=min(32, n_eval)) if space.attacks.diagnostics else None,
         seed=space.seed,
+        min_eps=space.min_eps_config(),
     )
-    return final_metrics(accuracy, evaluation)
+    return final_metrics(int(clean["correct"]), int(clean["n"]), evaluation)
 
 
-def final_metrics(accuracy: float, evaluation: EvaluationReport) -> dict[str, Any]:
-    """The objectives and the per-attack breakdown of one evaluation (see the module docstring)."""
+def _with_ci(out: dict[str, Any], key: str, value: float, interval: tuple[float, float]) -> None:
+    out[key] = value
+    out[f"{key}_ci_low"], out[f"{key}_ci_high"] = interval
+
+
+def final_metrics(correct: int, n_test: int, evaluation: EvaluationReport) -> dict[str, Any]:
+    """The objectives and the per-attack breakdown of one evaluation (see the module docstring).
+
+    Args:
+        correct: test images classified correctly (the whole limited test split).
+        n_test: test images.
+        evaluation: the attack evaluation on the first ``n_eval`` test images.
+    """
     results = evaluation.results
-    out: dict[str, Any] = {
-        "final": True,
-        "accuracy": accuracy,
-        "odr_attacked_subset": evaluation.odr,
-        "asr": float(np.mean([r.asr for r in results])) if results else 0.0,
-        "robust_accuracy": float(np.mean([r.robust_accuracy for r in results])) if results else accuracy,
-        "adversary_cost": float(np.mean([r.forward_per_example + r.backward_per_example for r in results]))
-        if results
-        else 0.0,
-        "attack_seconds": float(np.sum([r.seconds_per_example * r.n_attacked for r in results])),
-        "trustworthy": bool(evaluation.trustworthy),
-    }
+    out: dict[str, Any] = {"final": True, "n_test": n_test, "n_eval": evaluation.n_total}
+    _with_ci(out, "accuracy", correct / n_test if n_test else math.nan, wilson_interval(correct, n_test))
+    out["odr_attacked_subset"] = evaluation.odr
+    wc = evaluation.worst_case
+    if wc is not None:
+        _with_ci(out, "robust_accuracy", wc.robust_accuracy, wc.robust_accuracy_ci)
+        _with_ci(out, "asr", wc.asr, wc.asr_ci)
+        out["strongest_attack"] = wc.strongest_attack
+    else:  # no attack in the suite: nothing fools any image
+        _with_ci(out, "robust_accuracy", evaluation.odr, evaluation.odr_ci)
+        _with_ci(out, "asr", 0.0, (0.0, 0.0))
+    out["asr_mean"] = float(np.mean([r.asr for r in results])) if results else 0.0
+    flips = evaluation.min_eps
+    if flips is not None:
+        out["adversary_cost"] = flips.median
+        out["adversary_cost_q25"], out["adversary_cost_q75"] = flips.quantile(0.25), flips.quantile(0.75)
+        out["adversary_cost_censored"] = flips.n_censored
+        out["min_eps"] = flips.to_dict()
+    out["attack_seconds"] = float(np.sum([r.seconds_per_example * r.n_attacked for r in results]))
+    out["trustworthy"] = bool(evaluation.trustworthy)
+    out["near_chance"] = bool(evaluation.near_chance)
+    out["flag"] = evaluation.flag
     for r in results:
-        out[f"attack/{r.attack}/asr"] = r.asr
-        out[f"attack/{r.attack}/robust_accuracy"] = r.robust_accuracy
+        _with_ci(out, f"attack/{r.attack}/asr", r.asr, r.asr_ci)
+        _with_ci(out, f"attack/{r.attack}/robust_accuracy", r.robust_accuracy, r.robust_accuracy_ci)
         out[f"attack/{r.attack}/queries_per_example"] = r.forward_per_example + r.backward_per_example
         out[f"attack/{r.attack}/seconds_per_example"] = r.seconds_per_example
+        out[f"attack/{r.attack}/reaches_eps"] = 1.0 if r.reaches_eps else 0.0
     diag = evaluation.diagnostics
     if diag is not None:
         for check in diag.checks:
@@ -268,6 +309,8 @@ def final_metrics(accuracy: float, evaluation: EvaluationReport) -> dict[str, An
     out["attack_table"] = [
         {k: v for k, v in r.to_dict().items() if k != "config"} | {"flag": evaluation.flag} for r in results
     ]
+    if wc is not None:
+        out["worst_case"] = _jsonable(wc.to_dict())
     return out
 
 

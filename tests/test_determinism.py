@@ -57,7 +57,7 @@ TINY_SPACE: dict[str, Any] = {
         "n_eval": 16,
         "batch_size": 16,
         "diagnostics": False,
-        "settings": {"pgd": {"steps": 3, "alpha": "4/255"}},
+        "settings": {"pgd": {"steps": 3, "alpha": "12/255"}},
     },
     "resources": {"cpus": 1, "gpus": 0},
     "num_samples": 1,
@@ -191,12 +191,16 @@ def test_sweep_records_everything_needed_to_rerun_a_trial(logged: dict[str, Any]
 
     client = MlflowClient(logged["uri"])
     run = client.get_run(logged["run_id"])
-    names = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert names == {f"model/{n}" for n in ("model.pt", "params.json", "space.json", "metrics.json")}
+    import mlflow
+
+    model_id = run.data.tags["qshield.model_id"]
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(logged["tmp"] / "dl"),
+                                                     tracking_uri=logged["uri"])) / "artifacts"
+    assert {p.name for p in local.iterdir()} == {
+        "model.pt", "params.json", "space.json", "metrics.json", "input_example.npy"}
     params, space = tiny()
     # the logged params are the sampled parameters, the space artifact is the whole validated space
     assert {k: run.data.params[k] for k in params} == {k: str(v) for k, v in params.items()}
-    local = Path(client.download_artifacts(run.info.run_id, "model", str(logged["tmp"] / "dl")))
     assert json.loads((local / "params.json").read_text()) == params
     assert parse_space(json.loads((local / "space.json").read_text())) == space
     assert run.data.metrics["accuracy"] == logged["final"]["accuracy"]

@@ -69,7 +69,7 @@ no_ray_left = shared.no_ray_left
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = {"model/model.pt", "model/params.json", "model/space.json", "model/metrics.json"}
+MODEL_FILES = {f"artifacts/{n}" for n in ("model.pt", "params.json", "space.json", "metrics.json", "input_example.npy")}
 
 
 def fault_space(name: str, **changes: Any) -> dict[str, Any]:
@@ -170,7 +170,10 @@ def check_accounting(
             latest = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
             kept = {r["epoch"]: r["train_loss"] for r in read_rows(exp_dir)[tid] if not r.get("final")}
             assert latest == pytest.approx(kept, abs=1e-12)
-            assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == MODEL_FILES
+            # the trial's LoggedModel, linked to its run, holds the model's files
+            model_id = run.data.tags["qshield.model_id"]
+            assert client.get_logged_model(model_id).source_run_id == run.info.run_id
+            assert {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")} == MODEL_FILES
         else:
             assert trial.status == "error" and tune_states[tid] == "ERROR"
             assert run.info.status == "FAILED" and run.data.tags.get("qshield.error"), run.data.tags
@@ -266,6 +269,19 @@ def test_a_trial_that_raises_is_failed_and_the_others_finish(env: dict[str, Any]
     assert MlflowClient(env["uri"]).get_metric_history(runs[failed.trial_id].info.run_id, "train_loss") == []
 
 
+def _model_dir(path: Path) -> Path:
+    """A model directory as a trial writes it (an untrained 8x8 CNN, its config and record files)."""
+    from qshield.models import ModelConfig, build_model, save_model
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = ModelConfig.from_dict({"arch": "cnn", "in_channels": 1, "image_size": 8, "num_classes": 10})
+    save_model(build_model(config, seed=0), config, path / "model.pt")
+    for name in ("params.json", "space.json", "metrics.json"):
+        (path / name).write_text(json.dumps({"lr": 0.01}))
+    np.save(path / "input_example.npy", np.zeros((2, 1, 8, 8), np.float32), allow_pickle=False)
+    return path
+
+
 def test_a_trial_finished_with_an_undefined_objective_is_kept_but_not_ranked(env: dict[str, Any]) -> None:
     """Found by the sweep above: a weak trial (one epoch) may classify none of the ``n_eval`` attacked images
     correctly, so it has nothing to attack and its ``asr`` (and adversary cost) is undefined (NaN). Such a
@@ -281,13 +297,13 @@ def test_a_trial_finished_with_an_undefined_objective_is_kept_but_not_ranked(env
     parent = tracker.parent_run_id()
     tracker.set_tags(parent, {"qshield.objectives": json.dumps(directions), "qshield.constraints": "{}"})
     result = SweepResult("undefined", str(env["storage"]), env["uri"], parent, directions)
+    model_dir = _model_dir(env["tmp"] / "model")
     for tid, (acc, asr, cost) in values.items():
         metrics = {"final": True, "accuracy": acc, "asr": asr, "adversary_cost": cost, "epoch": 1}
         result.trials.append(TrialRecord(tid, "finished", {"lr": 0.01}, metrics))
         run = tracker.trial_run_id(tid, params={"lr": 0.01})
         tracker.log_metrics(run, metrics, step=1)
-        tracker.set_tags(run, {"qshield.final": "true"})
-        tracker.log_json(run, {"lr": 0.01}, "model/params.json")
+        tracker.set_tags(run, {"qshield.final": "true", "qshield.model_id": tracker.log_model(run, model_dir)})
         tracker.finish(run, "FINISHED")
 
     summarise(result, tracker)
@@ -304,7 +320,8 @@ def test_a_trial_finished_with_an_undefined_objective_is_kept_but_not_ranked(env
     table = json.loads(local.read_text())
     rows = {row[table["columns"].index("trial_id")]: dict(zip(table["columns"], row, strict=True))
             for row in table["data"]}
-    assert set(rows) == set(values) and not rows["t_c"]["pareto"] and not rows["t_c"]["knee"]
+    assert set(rows) == set(values) and not rows["t_c"]["pareto"] and not rows["t_c"]["champion"]
+    assert {r["run_id"] for r in rows.values()} == {r.info.run_id for r in tracker.trial_runs()}
 
     chosen = select_champion("undefined", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="knee", verify=False)
     knee_run = {r.data.tags[TRIAL]: r.info.run_id for r in tracker.trial_runs()}[result.trials[result.knee].trial_id]

@@ -79,7 +79,8 @@ def tiny_space(name: str, **changes: Any) -> dict[str, Any]:
             "n_eval": 16,
             "batch_size": 16,
             "diagnostics": False,
-            "settings": {"pgd": {"steps": 3, "alpha": "4/255"}},
+            "settings": {"pgd": {"steps": 3, "alpha": "12/255"}},
+            "min_eps": {"rounds": 3, "steps": 3},
         },
         "objectives": {"accuracy": "max", "asr": "min", "adversary_cost": "max"},
         "resources": {"cpus": 1, "gpus": 0},
@@ -272,9 +273,12 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
         assert run.data.tags["version.ray"] == ray.__version__
         # params: the sampled Tune config, every parameter of the space
         assert run.data.params == {k: str(v) for k, v in trial.config.items()}
-        # per-epoch metrics: one point per epoch, at step = epoch
+        # per-epoch metrics: one point per epoch, at step = epoch; no metric has two values at one step
         for key in ("train_loss", "val_accuracy"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (key, steps)
         # final metrics equal what Tune recorded
         for key in ("accuracy", "asr", "robust_accuracy", "adversary_cost"):
             assert run.data.metrics[key] == pytest.approx(trial.metrics[key], abs=1e-12)
@@ -282,9 +286,37 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
         assert any(k.startswith("masking/") for k in run.data.metrics)
         assert run.data.tags["qshield.trustworthy"] == str(bool(trial.metrics["trustworthy"])).lower()
         paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"attacks.json", "masking_diagnostics.json", "model"} <= paths
-        assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
-            "model/model.pt", "model/params.json", "model/space.json", "model/metrics.json"}
+        assert {"attacks.json", "masking_diagnostics.json", "worst_case.json", "min_eps.json"} <= paths
+        # the run's name carries the searched values; its model is a LoggedModel linked to it
+        assert run.info.run_name.startswith(f"trial {run.data.tags[TRIAL]}: ") and "n_qubits=" in run.info.run_name
+        (output,) = run.outputs.model_outputs
+        assert run.data.tags["qshield.model_id"] == output.model_id
+        assert client.get_logged_model(output.model_id).source_run_id == run.info.run_id
+        # the worst case over the suite is never better than any single attack (and carries its interval)
+        for name in ("fgsm", "pgd"):
+            assert run.data.metrics["robust_accuracy"] <= run.data.metrics[f"attack/{name}/robust_accuracy"]
+        low, high = run.data.metrics["robust_accuracy_ci_low"], run.data.metrics["robust_accuracy_ci_high"]
+        assert low <= run.data.metrics["robust_accuracy"] <= high
+        assert run.data.tags["qshield.strongest_attack"] in ("fgsm", "pgd")
+
+    # --- MLflow as users browse it: model-training view, artifacts next to the database, no stray ./mlruns
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert Path(experiment.artifact_location).is_relative_to(env["tmp"] / "mlartifacts")
+    assert not (env["tmp"] / "mlruns").exists()
+    # the trials table links every trial to its run
+    local_parent = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, dst_path=str(env["tmp"] / "p"),
+                                                            tracking_uri=env["uri"]))
+    table = json.loads((local_parent / "trials.json").read_text())
+    table_rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert {r["trial_id"]: r["run_id"] for r in table_rows} == {r.data.tags[TRIAL]: r.info.run_id for r in trials}
+    assert "Champion: trial" in (local_parent / "summary.md").read_text()
+    # the Optuna study is persisted next to the tracking database and Optuna's own API opens it
+    import optuna
+
+    study = optuna.load_study(study_name="local", storage=f"sqlite:///{env['tmp'] / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
+    assert parent.data.tags["qshield.optuna_storage"] == f"sqlite:///{env['tmp'] / 'optuna.db'}"
 
     # --- the attack table agrees with the per-attack metrics; the logged weights reproduce the accuracy
     run = trials[0]
@@ -295,55 +327,80 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
     assert [r["attack"] for r in rows] == ["fgsm", "pgd"]
     for r in rows:
         assert r["asr"] == pytest.approx(run.data.metrics[f"attack/{r['attack']}/asr"], abs=1e-12)
-    model, _ = load_model(local / "model" / "model.pt")
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{run.data.tags['qshield.model_id']}",
+                                                         dst_path=str(env["tmp"] / "lm"), tracking_uri=env["uri"]))
+    assert {p.name for p in (model_dir / "artifacts").iterdir()} == {
+        "model.pt", "params.json", "space.json", "metrics.json", "input_example.npy"}
+    model, _ = load_model(model_dir / "artifacts" / "model.pt")
     bundle = load_dataset("digits", seed=0, limit_train=200, limit_test=60, progress=False)
     x, y = bundle.test.tensors
     with torch.no_grad():
         recomputed = int((model(x).argmax(dim=1) == y).sum()) / len(y)
     assert recomputed == pytest.approx(run.data.metrics["accuracy"], abs=1e-9)
-    assert json.loads((local / "model" / "params.json").read_text()) == by_id[run.data.tags[TRIAL]].config
+    assert json.loads((model_dir / "artifacts" / "params.json").read_text()) == by_id[run.data.tags[TRIAL]].config
 
-    # --- Pareto front and knee against dominance worked out by hand
+    # --- Pareto front against dominance worked out by hand; the sweep's pick lies in the table
     done = result.finished()
     points = [{k: float(t.metrics[k]) for k in space.directions()} for t in done]
     assert set(result.front) == hand_front(points, space.directions())
-    assert result.knee in result.front
+    assert result.knee in result.front and result.champion is not None
 
-    # --- registry: champion registered, tagged, aliased, reloaded and re-verified
-    sel = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="knee")
+    # --- registry, default rule (robust_floor): the most robust trial within 0.02 of the best clean accuracy,
+    # worked out here from the runs' metrics; ties by the objectives in order, then the trial id
+    sel = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"])
+    best_acc = max(r.data.metrics["accuracy"] for r in trials)
+    eligible = [r for r in trials if r.data.metrics["accuracy"] >= best_acc - 0.02 - 1e-12]
+    sign = {k: (1 if d == "max" else -1) for k, d in space.directions().items()}
+    expected = min(eligible, key=lambda r: (-r.data.metrics["robust_accuracy"],
+                                            tuple(-sign[k] * r.data.metrics[k] for k in space.directions()),
+                                            r.data.tags[TRIAL]))
+    assert sel.run_id == expected.info.run_id and sel.rule == "robust_floor"
+    assert result.finished()[result.champion].trial_id == expected.data.tags[TRIAL]  # the summary agrees
+    assert "highest worst-case robust accuracy" in sel.reason
     champion_run = client.get_run(sel.run_id)
     assert champion_run.data.tags[SWEEP] == "local"
     logged = {k: champion_run.data.metrics[k] for k in space.directions()}
     assert sel.objectives == pytest.approx(logged)
-    run_points = [{k: r.data.metrics[k] for k in space.directions()} for r in trials]
-    front_runs = {trials[i].info.run_id for i in hand_front(run_points, space.directions())}
-    assert sel.run_id in front_runs
     version = client.get_model_version(sel.model_name, sel.version)
-    assert version.run_id == sel.run_id
+    assert version.run_id == sel.run_id and version.source == f"models:/{champion_run.data.tags['qshield.model_id']}"
     assert version.tags["qshield.verification"] == "passed"
+    assert version.tags["qshield.rule"] == "robust_floor" and version.tags["qshield.reason"] == sel.reason
     for key, value in logged.items():
         assert float(version.tags[f"objective.{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-9)
     assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == sel.version
-    assert set(sel.verified) == {"accuracy", "asr", "robust_accuracy"}
+    challenger = client.get_model_version_by_alias(sel.model_name, "challenger")
+    assert challenger.run_id != sel.run_id and challenger.tags["qshield.rule"] == "challenger (robust_floor)"
+    assert set(sel.verified) == {"accuracy", "asr", "robust_accuracy", "adversary_cost"}
     for key, (was, now) in sel.verified.items():
         assert now == pytest.approx(was, abs=1e-6) and was == pytest.approx(champion_run.data.metrics[key])
-    # selecting must not reopen the finished sweep run
-    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    # the parent run carries the champion; selecting did not reopen the finished sweep run
+    parent_now = client.get_run(parent.info.run_id)
+    assert parent_now.info.status == "FINISHED"
+    assert parent_now.data.tags["qshield.champion_run_id"] == sel.run_id
+    assert parent_now.data.metrics["champion_accuracy"] == pytest.approx(champion_run.data.metrics["accuracy"])
 
-    # --- a second selection adds a version and keeps the first one intact
+    # --- MLflow's own loader: models:/<name>@champion is a pyfunc model giving the torch model's probabilities
+    served = mlflow.pyfunc.load_model(f"models:/{sel.model_name}@{CHAMPION}")
+    assert served.metadata.get_input_schema().inputs[0].shape == (-1, 1, 8, 8)
+    champion_model, _ = load_model(Path(mlflow.artifacts.download_artifacts(
+        f"models:/{sel.model_name}/{sel.version}", dst_path=str(env["tmp"] / "v"), tracking_uri=env["uri"]))
+        / "artifacts" / "model.pt")
+    probs = served.predict(x.numpy())
+    with torch.no_grad():
+        assert probs == pytest.approx(torch.softmax(champion_model(x), dim=1).numpy(), abs=1e-5)
+
+    # --- selecting again is idempotent: no new version for a run already registered
     before = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
-    sel2 = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="weighted",
-                           weights={"accuracy": 1.0, "asr": 1.0, "adversary_cost": 1.0})
+    again = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False)
     after = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
-    assert set(before) < set(after)
-    assert int(sel2.version) > max(int(v) for v in before)
-    first = after[sel.version]
-    assert first.run_id == sel.run_id and first.tags == before[sel.version].tags
-    assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == sel2.version
-    old = Path(mlflow.artifacts.download_artifacts(f"models:/{sel.model_name}/{sel.version}",
-                                                   dst_path=str(env["tmp"] / "v1"), tracking_uri=env["uri"],
-                                                   registry_uri=env["uri"]))
-    assert (old / "model.pt").is_file()
+    assert again.version == sel.version and set(after) == set(before)
+    # another rule may pick another run: then (and only then) a version is added, the first kept intact
+    knee = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="knee", verify=False)
+    after = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
+    assert len(after) == len({v.run_id for v in after.values()})  # one version per run, never two
+    assert (knee.version in before) == (knee.run_id in {v.run_id for v in before.values()})
+    assert after[sel.version].run_id == sel.run_id
+    assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == knee.version
 
 
 # ----------------------------------------------------------------------------------------------------------

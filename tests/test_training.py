@@ -72,6 +72,7 @@ def test_evaluate_dataset_matches_manual_nll(digits) -> None:
     got = evaluate_dataset(model, data, batch_size=16)
     assert got["loss"] == pytest.approx(float(-lp[torch.arange(50), y].mean()), rel=1e-5)
     assert got["accuracy"] == pytest.approx(float((lp.argmax(1) == y).float().mean()))
+    assert (got["correct"], got["n"]) == (int((lp.argmax(1) == y).sum()), 50)
 
 
 def test_nan_loss_raises_naming_epoch_and_step(digits) -> None:

@@ -83,7 +83,8 @@ def _dataset_len(dataset: Any, name: str) -> int:
 def evaluate_dataset(
     model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: str | torch.device = "cpu"
 ) -> dict[str, float]:
-    """Mean NLL ``loss`` and ``accuracy`` (fraction, argmax) of ``model`` on ``dataset`` in eval mode.
+    """Mean NLL ``loss``, ``accuracy`` (fraction, argmax), ``correct`` and ``n`` (counts, for intervals) of
+    ``model`` on ``dataset`` in eval mode.
 
     The model's train/eval mode is restored afterwards.
     """
@@ -102,7 +103,7 @@ def evaluate_dataset(
             total += y.shape[0]
     finally:
         model.train(was_training)
-    return {"loss": loss_sum / total, "accuracy": correct / total}
+    return {"loss": loss_sum / total, "accuracy": correct / total, "correct": correct, "n": total}
 
 
 def train(
