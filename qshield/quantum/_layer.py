@@ -59,18 +59,14 @@ class QuantumLayer(nn.Module):
         *,
         max_state_bytes: int | None = DEFAULT_MAX_STATE_BYTES,
         backend_options: dict[str, Any] | None = None,
-        simulation: str = "auto",
+        simulation: str | Simulation = "auto",
         n_trajectories: int = DEFAULT_TRAJECTORIES,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        backend_cls = get_backend(backend)
-        requested = Simulation.parse(simulation, "simulation")
-        if requested is Simulation.AUTO and not backend_cls.supports_trajectories:
-            requested = Simulation.DENSITY_MATRIX
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed={seed!r} must be an integer")
-        self.spec = CircuitSpec.create(
+        circuit = dict(
             n_qubits=n_qubits,
             depth=depth,
             entanglement=entanglement,
@@ -80,9 +76,13 @@ class QuantumLayer(nn.Module):
             measurement=measurement,
             trainable=trainable,
             max_state_bytes=max_state_bytes,
-            simulation=requested,
             n_trajectories=n_trajectories,
         )
+        self.spec = CircuitSpec.create(**circuit, simulation=simulation)  # validated before any backend is touched
+        backend_cls = get_backend(backend)
+        auto = Simulation.parse(simulation, "simulation") is Simulation.AUTO
+        if auto and self.spec.is_stochastic and not backend_cls.supports_trajectories:
+            self.spec = CircuitSpec.create(**circuit, simulation=Simulation.DENSITY_MATRIX)  # auto: the best it has
         self.backend_name = str(backend).lower()
         self.backend = backend_cls(self.spec, **(backend_options or {}))
         self.seed = seed
