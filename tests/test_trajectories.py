@@ -203,6 +203,18 @@ def test_no_possible_event_gives_the_exact_output():
     torch.testing.assert_close(probs, expected, atol=1e-12, rtol=0)
 
 
+def test_trajectories_that_all_start_in_a_later_layer():
+    # |0...0> through the first layer (zero angles and rotations): amplitude damping cannot act there, so every
+    # sampled trajectory has its first event in layer 1 and none exists during layer 0
+    exact, stochastic = _pair(n_qubits=3, depth=2, entanglement="none", noise="amplitude_damping",
+                              noise_strength=0.3, measurement="expval")
+    with torch.no_grad():
+        for layer in (exact, stochastic):
+            layer.weights.zero_()
+            layer.weights[1, :, 0] = 2.0  # RX in layer 1 excites every qubit
+    _check_values_and_input_gradients(exact, stochastic, torch.zeros(1, 9, dtype=torch.float64), k=400)
+
+
 def test_float32_runs_and_gradients_reach_weights_and_inputs():
     layer = QuantumLayer(5, 2, "ring", "mixed", 0.1, measurement="expval", simulation="trajectories")
     x = _angles(5, batch=3, seed=1).float().requires_grad_(True)

@@ -104,7 +104,10 @@ class Unravelling:
 
     @property
     def flips(self) -> tuple[bool, ...]:
-        """Per branch: whether it swaps the qubit's ``|0>``/``|1>`` populations (X, Y), for the damping proposal."""
+        """Per branch: whether it swaps the qubit's ``|0>``/``|1>`` populations (the unitaries X, Y), for the
+        proposal of a damping channel that follows on the same qubit."""
+        if self.state_dependent:
+            return (False,) * len(self.ops)
         return tuple(bool(abs(op[0, 0]) < 1e-12 and abs(op[1, 1]) < 1e-12) for op in self.ops)
 
 
@@ -422,6 +425,8 @@ def _event_paths(
     stop = 0
     for layer in range(ctx.depth):
         old, stop = stop, stop + counts[layer]
+        if stop == 0:
+            continue  # no trajectory has its first event yet
         born = plan.sample[old:stop]
         fresh = saved[layer].index_select(0, born)
         psi = fresh if psi is None else torch.cat([psi, fresh])
