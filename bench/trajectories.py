@@ -94,13 +94,13 @@ def choose_trajectories(n: int, measurement: str, state: dict, x: torch.Tensor, 
     t = max(1, math.ceil((spread / target) ** 2))
     if t > MEASURED_SE_MAX_T:
         return {"target": target, "T": t, "se": spread / math.sqrt(t), "measured": False}
-    for seed in (2, 3):
+    for seed in range(2, 8):
         layer = _layer(n, measurement, state, simulation="trajectories", n_trajectories=t, seed=seed)
         se = float(standard_error(layer, x, head, REPLICATES).max())
         if se <= target:
-            break
-        t = math.ceil(t * (se / target) ** 2)  # the pilot underestimated the spread: scale by the measured ratio
-    return {"target": target, "T": t, "se": se, "measured": True}
+            return {"target": target, "T": t, "se": se, "measured": True}
+        t = math.ceil(t * max(1.1, (se / target) ** 2))  # the spread was underestimated: scale by the measured ratio
+    raise RuntimeError(f"no T reached SE <= {target} (last T={t}, SE={se:.3g})")
 
 
 class _Split:
