@@ -52,7 +52,7 @@ case "$cmd" in
     exec "$VENV/bin/qshield" demo "$@" ;;
   bench)
     setup
-    for f in bench/quantum_layer.py bench/hybrid_epoch.py bench/orchestration.py; do
+    for f in bench/quantum_layer.py bench/trajectories.py bench/hybrid_epoch.py bench/orchestration.py; do
       m=${f%.py}; m=${m//\//.}
       echo "== python -m $m"; "$VENV/bin/python" -m "$m"
     done ;;

@@ -33,8 +33,13 @@ def test_invalid_specs_raise_value_error(kwargs, match):
 
 def test_density_matrix_memory_budget_is_enforced_with_the_needed_size():
     # 14 noisy qubits: 4**14 amplitudes * 16 bytes = 4 GiB per sample
-    with pytest.raises(ValueError, match=r"needs a density matrix of 4\.0 GiB per sample.*max_state_bytes=2\.0 GiB"):
-        QuantumLayer(14, 1, noise="depolarizing", noise_strength=0.01)
+    with pytest.raises(
+        ValueError,
+        match=r"needs a density matrix of 4\.0 GiB per sample.*max_state_bytes=2\.0 GiB.*simulation='trajectories'",
+    ):
+        QuantumLayer(14, 1, noise="depolarizing", noise_strength=0.01, simulation="density_matrix")
+    # the default simulation="auto" takes trajectories there (above AUTO_TRAJECTORIES_ABOVE qubits)
+    assert QuantumLayer(14, 1, noise="depolarizing", noise_strength=0.01).is_stochastic
     # the same circuit without noise is a 256 KiB statevector and is fine
     QuantumLayer(14, 1, noise="none")
     # an explicit smaller budget is honoured

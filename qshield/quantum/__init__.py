@@ -5,7 +5,10 @@ from __future__ import annotations
 from ._layer import QuantumLayer
 from ._readout import apply_readout
 from ._spec import (
+    AUTO_TRAJECTORIES_ABOVE,
     DEFAULT_MAX_STATE_BYTES,
+    DEFAULT_TRAJECTORIES,
+    MAX_TRAJECTORIES,
     MAX_QUBITS,
     MIN_QUBITS,
     CircuitSpec,
@@ -13,6 +16,7 @@ from ._spec import (
     Entanglement,
     Measurement,
     Noise,
+    Simulation,
     cnot_pairs,
     kraus_operators,
     noise_channels,
@@ -26,6 +30,7 @@ __all__ = [
     "Entanglement",
     "Noise",
     "Measurement",
+    "Simulation",
     "cnot_pairs",
     "noise_channels",
     "kraus_operators",
@@ -37,4 +42,7 @@ __all__ = [
     "MIN_QUBITS",
     "MAX_QUBITS",
     "DEFAULT_MAX_STATE_BYTES",
+    "AUTO_TRAJECTORIES_ABOVE",
+    "DEFAULT_TRAJECTORIES",
+    "MAX_TRAJECTORIES",
 ]

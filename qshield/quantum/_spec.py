@@ -8,12 +8,18 @@ See ``docs/circuits.md`` for the prose version. In short, for ``n`` qubits and i
 3. measurement ``probs`` (``[B, 2**n]``) or ``expval`` (``<Z_q>``, ``[B, n]``), after an optional symmetric
    readout bit-flip of probability ``readout_error`` on every measured qubit.
 
+Channel noise is simulated exactly (``simulation="density_matrix"``) or by quantum trajectories
+(``simulation="trajectories"``: an unbiased Monte-Carlo estimate from ``n_trajectories`` statevectors per sample,
+see ``docs/circuits.md``); ``"auto"`` takes trajectories above ``AUTO_TRAJECTORIES_ABOVE`` qubits or when the
+density matrix would exceed the memory budget.
+
 Wire 0 is the most significant bit of a basis-state index (PennyLane's convention).
 Rotations follow the usual convention ``RX(t) = exp(-i t X / 2)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -23,6 +29,15 @@ MAX_QUBITS = 16
 #: Default memory budget for one sample's simulated state (bytes). A density matrix of 13 qubits in
 #: complex128 needs 1 GiB; 14 qubits need 4 GiB and are refused by default.
 DEFAULT_MAX_STATE_BYTES = 2 * 1024**3
+#: ``simulation="auto"``: noisy circuits of more qubits than this are simulated by trajectories (a density matrix
+#: of 10 qubits takes tens of ms per sample forward+backward, of 12 qubits seconds: docs/benchmarks.md).
+AUTO_TRAJECTORIES_ABOVE = 10
+#: Default number of sampled trajectories per sample (besides the no-jump trajectory, always computed exactly):
+#: at the released noise level (mixed, p = 0.005, depth 2) a standard error of about 1e-2 or less on the outputs a
+#: model uses, from 12 to 16 qubits (docs/benchmarks.md: 6 trajectories at 12 qubits, 5-43 at 16).
+DEFAULT_TRAJECTORIES = 32
+#: Largest accepted ``n_trajectories``.
+MAX_TRAJECTORIES = 2**16
 
 
 class _Choice(str, enum.Enum):
@@ -63,6 +78,14 @@ class Noise(_Choice):
 class Measurement(_Choice):
     PROBS = "probs"
     EXPVAL = "expval"
+
+
+class Simulation(_Choice):
+    """How channel noise is simulated (a noiseless circuit is always an exact statevector)."""
+
+    AUTO = "auto"
+    DENSITY_MATRIX = "density_matrix"
+    TRAJECTORIES = "trajectories"
 
 
 #: Single-qubit channel kinds used by the noise models (PennyLane's Kraus definitions).
@@ -150,6 +173,9 @@ class CircuitSpec:
     measurement: Measurement = Measurement.PROBS
     trainable: bool = True
     encoding: Encoding = Encoding.ANGLE
+    #: resolved by :meth:`create`: ``density_matrix`` or ``trajectories`` (never ``auto``)
+    simulation: Simulation = Simulation.DENSITY_MATRIX
+    n_trajectories: int = DEFAULT_TRAJECTORIES
 
     @classmethod
     def create(
@@ -165,7 +191,18 @@ class CircuitSpec:
         encoding: str | Encoding = "angle",
         max_state_bytes: int | None = DEFAULT_MAX_STATE_BYTES,
         bytes_per_amplitude: int = 16,
+        simulation: str | Simulation = "auto",
+        n_trajectories: int = DEFAULT_TRAJECTORIES,
     ) -> "CircuitSpec":
+        """Validate and build a spec (``ValueError`` naming the field and the allowed values, before any compute).
+
+        ``simulation``: ``"density_matrix"`` (exact), ``"trajectories"`` (Monte-Carlo statevectors, stochastic) or
+        ``"auto"`` (default): trajectories for a noisy circuit of more than ``AUTO_TRAJECTORIES_ABOVE`` qubits or
+        whose density matrix exceeds ``max_state_bytes``, else the density matrix. The spec stores the resolved
+        choice. ``n_trajectories``: sampled trajectories per sample, 1..``MAX_TRAJECTORIES`` (default
+        ``DEFAULT_TRAJECTORIES``); only used by trajectories. ``max_state_bytes`` (None: no limit) bounds
+        :meth:`state_bytes` of the resolved simulation.
+        """
         if isinstance(n_qubits, bool) or not isinstance(n_qubits, int):
             raise ValueError(f"n_qubits={n_qubits!r} must be an integer in [{MIN_QUBITS}, {MAX_QUBITS}]")
         if not MIN_QUBITS <= n_qubits <= MAX_QUBITS:
@@ -182,22 +219,54 @@ class CircuitSpec:
             measurement=Measurement.parse(measurement, "measurement"),  # type: ignore[arg-type]
             trainable=bool(trainable),
             encoding=Encoding.parse(encoding, "encoding"),  # type: ignore[arg-type]
+            simulation=Simulation.parse(simulation, "simulation"),  # type: ignore[arg-type]
+            n_trajectories=_check_trajectories(n_trajectories),
         )
+        spec = dataclasses.replace(spec, simulation=spec._resolve(max_state_bytes, bytes_per_amplitude))
         if max_state_bytes is not None:
             need = spec.state_bytes(bytes_per_amplitude)
             if need > max_state_bytes:
-                kind = "density matrix" if spec.is_noisy else "statevector"
+                kind = "statevector"
+                hint = "use fewer qubits, noise='none', or raise max_state_bytes"
+                if spec.is_stochastic:
+                    kind = f"batch of {spec.n_trajectories + 1} trajectory statevectors"
+                    hint = "use fewer qubits or n_trajectories, or raise max_state_bytes"
+                elif spec.is_noisy:
+                    kind = "density matrix"
+                    hint = "use fewer qubits, noise='none', simulation='trajectories', or raise max_state_bytes"
                 raise ValueError(
                     f"n_qubits={n_qubits} with noise={spec.noise.value!r} needs a {kind} of "
                     f"{_fmt_bytes(need)} per sample, over the memory budget max_state_bytes="
-                    f"{_fmt_bytes(max_state_bytes)}; use fewer qubits, noise='none', or raise max_state_bytes"
+                    f"{_fmt_bytes(max_state_bytes)}; {hint}"
                 )
         return spec
 
+    def _resolve(self, max_state_bytes: int | None, bytes_per_amplitude: int) -> Simulation:
+        """The concrete simulation for ``self.simulation`` (``auto``: see :meth:`create`)."""
+        if self.simulation is not Simulation.AUTO:
+            return self.simulation
+        if not self.is_noisy:
+            return Simulation.DENSITY_MATRIX  # unused: a noiseless circuit is an exact statevector
+        if self.n_qubits > AUTO_TRAJECTORIES_ABOVE:
+            return Simulation.TRAJECTORIES
+        dm = dataclasses.replace(self, simulation=Simulation.DENSITY_MATRIX)
+        if max_state_bytes is not None and dm.state_bytes(bytes_per_amplitude) > max_state_bytes:
+            return Simulation.TRAJECTORIES
+        return Simulation.DENSITY_MATRIX
+
     @property
     def is_noisy(self) -> bool:
-        """True when a density-matrix simulation is needed (channel noise)."""
+        """True when the circuit has channel noise (simulated by a density matrix or by trajectories)."""
         return self.noise is not Noise.NONE and self.noise_strength > 0.0
+
+    @property
+    def is_stochastic(self) -> bool:
+        """True when the outputs are a Monte-Carlo estimate (noisy and ``simulation == "trajectories"``).
+
+        Such a circuit is a randomised function of its inputs: two identical calls differ (each draws fresh
+        trajectories), so attacks on a model containing it need expectation over transformation (EOT).
+        """
+        return self.is_noisy and self.simulation is Simulation.TRAJECTORIES
 
     @property
     def n_inputs(self) -> int:
@@ -219,9 +288,18 @@ class CircuitSpec:
         return noise_channels(self.noise, self.noise_strength) if self.is_noisy else ()
 
     def state_bytes(self, bytes_per_amplitude: int = 16) -> int:
-        """Bytes of one sample's simulated state (statevector or density matrix)."""
+        """Bytes of one sample's simulated state: a statevector, a density matrix, or ``n_trajectories + 1``
+        trajectory statevectors."""
         dim = 2**self.n_qubits
+        if self.is_stochastic:
+            return bytes_per_amplitude * dim * (self.n_trajectories + 1)
         return bytes_per_amplitude * (dim * dim if self.is_noisy else dim)
+
+
+def _check_trajectories(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TRAJECTORIES:
+        raise ValueError(f"n_trajectories={value!r} must be an integer in [1, {MAX_TRAJECTORIES}]")
+    return value
 
 
 def _fmt_bytes(n: float) -> str:

@@ -14,7 +14,9 @@ class Backend(ABC):
     """Simulates a :class:`~qshield.quantum.CircuitSpec` differentiably through torch autograd.
 
     Subclasses implement :meth:`run`. The readout error of the spec is applied by the caller
-    (:class:`~qshield.quantum.QuantumLayer`) unless :attr:`applies_readout` is True.
+    (:class:`~qshield.quantum.QuantumLayer`) unless :attr:`applies_readout` is True. A backend with
+    :attr:`supports_trajectories` also simulates specs with ``simulation="trajectories"``; its ``run`` then takes
+    a keyword ``generator`` (a seeded CPU ``torch.Generator``, the only source of randomness).
     """
 
     #: Name used by :func:`~qshield.quantum.get_backend` and the ``backend=`` option.
@@ -23,10 +25,17 @@ class Backend(ABC):
     supports_cuda: ClassVar[bool] = False
     #: Whether :meth:`run` already applies ``spec.readout_error``.
     applies_readout: ClassVar[bool] = False
+    #: Whether specs with ``simulation="trajectories"`` (a stochastic, Monte-Carlo simulation) are supported.
+    supports_trajectories: ClassVar[bool] = False
 
     def __init__(self, spec: CircuitSpec, **options: object) -> None:
         if options:
             raise TypeError(f"backend {self.name!r} takes no options, got {sorted(options)}")
+        if spec.is_stochastic and not self.supports_trajectories:
+            raise ValueError(
+                f"simulation='trajectories' is not supported by backend={self.name!r}; allowed values for this "
+                "backend: 'density_matrix', 'auto' (the torch backend simulates trajectories)"
+            )
         self.spec = spec
 
     @abstractmethod

@@ -31,6 +31,11 @@ How it is fast
 * a CNOT pattern is one gather whose backward is the inverse gather (no scatter-add); the last one of a
   noiseless circuit is applied to the real probabilities (or folded into the ``Z`` signs for ``expval``).
 
+Noisy specs with ``simulation="trajectories"`` are simulated by quantum trajectories on statevectors instead of the
+density matrix (``_trajectories.py``: unbiased Monte-Carlo estimates of the outputs and their gradients, drawn from
+the ``generator`` passed to :meth:`TorchBackend.run`); they use the statevector's constants and the Schrödinger
+path.
+
 Two ways to evaluate (option ``method``)
 
 * ``schrodinger``: propagate each sample's state through the layers; cost proportional to the batch ``B``.
@@ -307,7 +312,8 @@ class TorchBackend(Backend):
             balanced sizes. Results do not depend on it.
         method: ``"auto"`` (default), ``"schrodinger"`` or ``"heisenberg"`` (see the module docstring and
             :meth:`estimated_cost`). A forced ``"heisenberg"`` whose propagated matrix would have more than
-            ``MAX_HEISENBERG_ENTRIES`` entries is refused; ``"auto"`` never picks it.
+            ``MAX_HEISENBERG_ENTRIES`` entries is refused; ``"auto"`` never picks it. Trajectories
+            (``spec.is_stochastic``) always take the Schrödinger path; a forced ``"heisenberg"`` is refused.
 
     Raises:
         ValueError: a bad ``group_size`` or ``method`` (the message names the allowed values).
@@ -315,6 +321,7 @@ class TorchBackend(Backend):
 
     name: ClassVar[str] = "torch"
     supports_cuda: ClassVar[bool] = True
+    supports_trajectories: ClassVar[bool] = True
 
     def __init__(self, spec: CircuitSpec, group_size: int = 5, method: str | Method = "auto") -> None:
         super().__init__(spec)
@@ -323,7 +330,14 @@ class TorchBackend(Backend):
         self.method = Method.parse(method, "method")
         self.group_size = group_size
         n = spec.n_qubits
-        self.noisy = spec.is_noisy
+        #: trajectories: noisy, simulated on statevectors (stochastic); else noisy means a density matrix
+        self.trajectories = spec.is_stochastic
+        if self.trajectories and self.method is Method.HEISENBERG:
+            raise ValueError(
+                "method='heisenberg' is not available with simulation='trajectories' (every trajectory has its own "
+                "noise); allowed values here: 'auto', 'schrodinger'"
+            )
+        self.noisy = spec.is_noisy and not self.trajectories
         self.local_dim = 4 if self.noisy else 2
         self.widths = wire_groups(n, max(1, group_size // 2) if self.noisy else group_size)
         self.n_outputs = 2**n if spec.measurement is Measurement.PROBS else n
@@ -337,6 +351,7 @@ class TorchBackend(Backend):
                 f"'auto', 'schrodinger'"
             )
         self._host: dict[str, torch.Tensor] = {}  # CPU constants (float64/complex128/integer), built on first use
+        self._trajectory_tables = None  # trajectories' host tables (_trajectories.TrajectoryTables), on first use
         self._cache: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
 
     # constants ----------------------------------------------------------------------------------------------
@@ -347,7 +362,7 @@ class TorchBackend(Backend):
         cnot = bool(spec.cnot_pairs())
         groups = range(len(self.widths))
         if not self.noisy:
-            names = ["zsign"] if spec.measurement is Measurement.EXPVAL else []
+            names = ["zsign"] if (spec.measurement is Measurement.EXPVAL or self.trajectories) else []
             names += ["perm", "perm_inv", "perm_rot", "perm_rot_inv"] if cnot else []
             return names + (["heis_init"] if heisenberg else [])
         names = ["noise"] + ([f"noise{g}" for g in groups] if not spec.trainable else [])
@@ -460,8 +475,18 @@ class TorchBackend(Backend):
         * ``heisenberg = rows * ((L - 1) * layer) + B * (D + D * K)``, where ``rows = K`` observables (noisy) or
           ``rows = K = 2^n`` (noiseless: the final ``psi_1 @ T``).
 
-        ``auto`` takes the smaller (Schrödinger on a tie).
+        ``auto`` takes the smaller (Schrödinger on a tie). Trajectories: the Schrödinger cost of a noiseless
+        circuit for ``batch * (n_trajectories + 1)`` rows (an upper bound: rows whose first event is in a later
+        layer skip the earlier ones); ``heisenberg`` is ``inf`` (not available).
         """
+        if self.trajectories:
+            d = 2**self.spec.n_qubits
+            layer = d * sum(2**w for w in self.widths) + d
+            rows = batch * (self.spec.n_trajectories + 1)
+            return {
+                Method.SCHRODINGER.value: float(rows * (2 * d + (self.spec.depth - 1) * layer + d)),
+                Method.HEISENBERG.value: float("inf"),
+            }
         n, depth, d = self.spec.n_qubits, self.spec.depth, self.local_dim
         dim = d**n
         gemm = dim * sum(d**w for w in self.widths)
@@ -479,6 +504,8 @@ class TorchBackend(Backend):
         """The path :meth:`run` takes for a batch of ``batch`` samples: the forced one, or the cheaper one."""
         if self.method is not Method.AUTO:
             return self.method
+        if self.trajectories:
+            return Method.SCHRODINGER
         if self.heisenberg_rows * self.local_dim**self.spec.n_qubits > MAX_HEISENBERG_ENTRIES:
             return Method.SCHRODINGER
         cost = self.estimated_cost(batch)
@@ -486,18 +513,43 @@ class TorchBackend(Backend):
 
     # ------------------------------------------------------------------------------------------------------
 
-    def run(self, angles: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    def run(
+        self, angles: torch.Tensor, weights: torch.Tensor | None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """See :meth:`Backend.run`. ``generator``: a seeded CPU ``torch.Generator``, required (and only used) for
+        trajectories (``spec.is_stochastic``); each call advances it."""
         if angles.dtype not in _COMPLEX:
             raise TypeError(f"angles must be float32 or float64, got {angles.dtype}")
+        if self.trajectories and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"generator={generator!r}: simulation='trajectories' needs a seeded CPU torch.Generator "
+                "(QuantumLayer passes its own, seeded by seed=)"
+            )
         b, n = angles.shape[0], self.spec.n_qubits
         method = self.choose_method(b)
         consts = self._consts(angles.device, angles.dtype, method)
         if weights is not None:
             weights = weights.to(angles.dtype)
         x = angles.reshape(b, n, 3)
+        if self.trajectories:
+            return self._run_trajectories(x, weights, consts, generator)  # type: ignore[arg-type]
         if self.noisy:
             return self._run_noisy(x, weights, consts, method)
         return self._run_noiseless(x, weights, consts, method)
+
+    # noisy, stochastic: trajectories ----------------------------------------------------------------------
+
+    def _run_trajectories(
+        self, x: torch.Tensor, weights: torch.Tensor | None, c: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> torch.Tensor:
+        from . import _trajectories  # imports this module's building blocks (a cycle at import time)
+
+        if self._trajectory_tables is None:
+            self._trajectory_tables = _trajectories.TrajectoryTables.build(self.spec)
+        tables = self._trajectory_tables
+        if "traj_corr" not in c:
+            c.update(_trajectories.trajectory_constants(tables, self.spec.n_qubits, x.device, x.dtype))
+        return _trajectories.simulate(self.spec, self.widths, tables, c, x, weights, generator)
 
     # noiseless: statevector -------------------------------------------------------------------------------
 
