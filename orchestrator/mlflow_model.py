@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -146,7 +147,10 @@ def log_trial_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike
         raise FileNotFoundError(f"{model_dir} lacks {', '.join(missing)}; it was not written by a qshield trial")
     _, config = load_model(model_dir / MODEL_FILES["weights"])
     example = np.load(model_dir / MODEL_FILES["input_example"], allow_pickle=False).astype(np.float32)
-    with _fluent_run(tracking_uri, run_id):
+    with _fluent_run(tracking_uri, run_id), warnings.catch_warnings():
+        # the signature is given explicitly (a tensor schema); MLflow's advice to add type hints to predict()
+        # instead would replace it with one inferred from Python types
+        warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(PYFUNC_CODE),

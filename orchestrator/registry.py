@@ -131,15 +131,7 @@ def select_champion(
         raise SelectionError(f"sweep {sweep!r}: {exc}") from exc
     except ValueError as exc:
         raise SelectionError(f"sweep {sweep!r}: {exc}") from exc
-    others = [i for i in range(len(runs)) if i != best]
-    runner_up: tuple[int, str] | None = None
-    if others:
-        try:
-            j, why = choose([points[i] for i in others], rule, directions, constraints=constraints,
-                            ids=[ids[i] for i in others], **options)
-            runner_up = (others[j], f"runner-up by {rule}: {why}")
-        except NoFeasiblePointError:
-            runner_up = None
+    runner_up = _challenger(points, directions, constraints, ids, best, rule, options)
     name = model_name or f"qshield-{sweep}"
     client = tracker.client
     with use_tracking_uri(tracker.tracking_uri):
@@ -161,12 +153,50 @@ def select_champion(
             client.set_model_version_tag(name, champion.version, "qshield.verification", "passed")
         client.set_registered_model_alias(name, CHAMPION, champion.version)
         if runner_up is not None:
-            j, why = runner_up
-            challenger = _register(client, name, runs[j], points[j], f"challenger ({rule})", why, sweep)
+            j, challenger_rule, why = runner_up
+            challenger = _register(client, name, runs[j], points[j], challenger_rule, why, sweep)
             client.set_registered_model_alias(name, CHALLENGER, challenger.version)
             selection.challenger_version, selection.challenger_reason = challenger.version, why
     _record_on_parent(tracker, parent_id, selection, runs[best])
     return selection
+
+
+def _challenger(
+    points: list[dict[str, float]], directions: dict[str, str], constraints: dict[str, float], ids: list[str],
+    best: int, rule: str, options: dict[str, Any],
+) -> tuple[int, str, str] | None:
+    """The challenger: ``(index, its rule tag, why)``, or None when no other trial qualifies.
+
+    For ``robust_floor`` it is the most robust *other* trial of the Pareto front (the trade-off a reviewer wants
+    beside the champion: often more robust and a little less accurate than the floor allows); for the other
+    rules, the runner-up by the same rule.
+    """
+    others = [i for i in range(len(points)) if i != best]
+    if not others:
+        return None
+    if rule == "robust_floor":
+        from .scoring import pareto_front
+
+        front = [i for i in pareto_front(points, directions) if i != best]
+        if front:
+            sign = {k: (1.0 if d == "max" else -1.0) for k, d in directions.items()}
+            j = min(front, key=lambda i: (-points[i]["robust_accuracy"],
+                                          tuple(-sign[k] * points[i][k] for k in directions), ids[i]))
+            p = points[j]
+            why = (f"the most robust other trial on the Pareto front: worst-case robust accuracy "
+                   f"{_interval(p, 'robust_accuracy')}, clean accuracy {_interval(p, 'accuracy')}")
+            return j, "challenger: most robust other Pareto-front trial", why
+    try:
+        j, why = choose([points[i] for i in others], rule, directions, constraints=constraints,
+                        ids=[ids[i] for i in others], **options)
+    except NoFeasiblePointError:
+        return None
+    return others[j], f"challenger: runner-up by {rule}", f"runner-up by {rule}: {why}"
+
+
+def _interval(point: dict[str, float], key: str) -> str:
+    lo, hi = point.get(f"{key}_ci_low"), point.get(f"{key}_ci_high")
+    return f"{point[key]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
 def _record_on_parent(tracker: SweepTracker, parent_id: str, sel: Selection, run: Any) -> None:

@@ -337,8 +337,13 @@ def _count(t: TrialRecord, rate: str, n: str) -> tuple[int, int]:
 
 
 def quantum_gain(result: SweepResult, ranked: list[int]) -> dict[str, Any]:
-    """Best hybrid vs best classical control of the sweep (each the pick of the sweep's selection rule among its
-    kind): the gains in worst-case robust accuracy and in clean accuracy with Newcombe 95% intervals.
+    """Best hybrid vs best classical control of the sweep: the gains in worst-case robust accuracy and in clean
+    accuracy, with Newcombe 95% intervals.
+
+    The best hybrid is the pick of the sweep's selection rule among the hybrids; the control it is compared with
+    is the pick of the same rule among the classical controls **trained with the same method** (a PGD-trained
+    hybrid against a plainly trained CNN would credit the circuit with what adversarial training did); only when
+    the sweep has no such control, the best control of any method, and the message says so.
 
     Returns ``{"available": False, "message": ...}`` when the sweep has no classical control or no hybrid.
     """
@@ -351,10 +356,14 @@ def quantum_gain(result: SweepResult, ranked: list[int]) -> dict[str, Any]:
         return {"available": False, "message": "no classical control in this sweep"}
     if not hybrids:
         return {"available": False, "message": "no hybrid in this sweep (classical models only)"}
-    best_h, best_c = (_pick(result, group)[0] for group in (hybrids, controls))
+    best_h = _pick(result, hybrids)[0]
+    method = done[best_h].config.get("method")
+    matched = [i for i in controls if done[i].config.get("method") == method]
+    best_c = _pick(result, matched or controls)[0]
     h, c = done[best_h], done[best_c]
     out: dict[str, Any] = {"available": True, "hybrid_trial": h.trial_id, "control_trial": c.trial_id,
-                           "hybrid_arch": str(h.config.get("arch")), "control_arch": str(c.config.get("arch"))}
+                           "hybrid_arch": str(h.config.get("arch")), "control_arch": str(c.config.get("arch")),
+                           "method": method, "same_method": bool(matched)}
     for rate, n in (("robust_accuracy", "n_eval"), ("accuracy", "n_test")):
         (kh, nh), (kc, nc) = _count(h, rate, n), _count(c, rate, n)
         d, lo, hi = difference_interval(kh, nh, kc, nc)
@@ -362,10 +371,13 @@ def quantum_gain(result: SweepResult, ranked: list[int]) -> dict[str, Any]:
     g = out["robust_accuracy"]
     verdict = ("significant" if g["ci_low"] > 0 else "significantly negative" if g["ci_high"] < 0
                else "not significant (the interval contains 0)")
+    training = (f"both trained with {method}" if matched else
+                f"no classical control trained with {method}: compared with one trained with "
+                f"{c.config.get('method')}, so the gain mixes the circuit with the training method")
     out["message"] = (
-        f"best hybrid (trial {h.trial_id}) vs best classical control (trial {c.trial_id}, {out['control_arch']}): "
-        f"worst-case robust accuracy {g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] ({verdict}); "
-        f"clean accuracy {out['accuracy']['gain']:+.3f} "
+        f"best hybrid (trial {h.trial_id}) vs best classical control (trial {c.trial_id}, {out['control_arch']}; "
+        f"{training}): worst-case robust accuracy {g['gain']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] "
+        f"({verdict}); clean accuracy {out['accuracy']['gain']:+.3f} "
         f"[{out['accuracy']['ci_low']:+.3f}, {out['accuracy']['ci_high']:+.3f}]"
     )
     return out

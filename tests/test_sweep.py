@@ -369,7 +369,13 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
         assert float(version.tags[f"objective.{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-9)
     assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == sel.version
     challenger = client.get_model_version_by_alias(sel.model_name, "challenger")
-    assert challenger.run_id != sel.run_id and challenger.tags["qshield.rule"] == "challenger (robust_floor)"
+    assert challenger.run_id != sel.run_id
+    others_on_front = {done[i].trial_id for i in result.front} - {sel.trial_id}
+    if others_on_front:  # the trade-off beside the champion: the most robust other front member
+        assert challenger.tags["qshield.rule"] == "challenger: most robust other Pareto-front trial"
+        assert challenger.tags["qshield.trial_id"] in others_on_front
+    else:
+        assert challenger.tags["qshield.rule"] == "challenger: runner-up by robust_floor"
     assert set(sel.verified) == {"accuracy", "asr", "robust_accuracy", "adversary_cost"}
     for key, (was, now) in sel.verified.items():
         assert now == pytest.approx(was, abs=1e-6) and was == pytest.approx(champion_run.data.metrics[key])
