@@ -2,7 +2,7 @@
 
 The same tiny sweep (sklearn digits, 200 training / 60 test images, one epoch of a hybrid small CNN + 2-4 qubits,
 FGSM + 3-step PGD on 16 images, one CPU per trial, MLflow on a temporary sqlite store) runs through
-:func:`orchestrator.sweep.run_sweep` on three ``ray.cluster_utils.Cluster`` layouts, each started fresh:
+:func:`orchestrator.runtime.run_sweep` on three ``ray.cluster_utils.Cluster`` layouts, each started fresh:
 
 * ``1 node x 1 CPU``: one trial at a time;
 * ``2 nodes x 1 CPU``: head + one worker node, two trials at a time (one per node);
@@ -139,7 +139,7 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     from ray.cluster_utils import Cluster
 
     from orchestrator.space import parse_space
-    from orchestrator.sweep import run_sweep
+    from orchestrator.runtime import run_sweep
 
     name = "bench-" + layout.label.replace(" ", "").replace("x", "-")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """``python -m orchestrator.run --space FILE``: the sweep entrypoint for ``ray job submit`` and KubeRay RayJobs.
 
-    ray job submit --working-dir . -- python -m orchestrator.run --space search_spaces/mnist.yaml
+    ray job submit --working-dir . -- python -m orchestrator.run --space mnist
 
 ``ray.init()`` attaches to the cluster in ``$RAY_ADDRESS`` (set by ``ray job submit`` and KubeRay) and starts a
 local Ray otherwise. Restore-or-start by sweep name: re-running the same command (or a retried RayJob) resumes the
@@ -22,7 +22,9 @@ RULES = [r.value for r in Rule if r is not Rule.WEIGHTED]
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--space", required=True, metavar="FILE", help="search-space YAML (see search_spaces/)")
+    parser.add_argument("--space", required=True, metavar="FILE|NAME",
+                        help="search-space YAML, or the name of a shipped space (mnist5k-demo, mnist, organamnist, "
+                             "cifar10, ...: orchestrator/search_spaces/)")
     parser.add_argument("--name", help="sweep name (default: the space's name); the same name resumes the sweep")
     parser.add_argument("--storage-path", metavar="PATH_OR_URI",
                         help="where Tune keeps results and checkpoints (default: the space's storage_path, else ~/ray_results)")
@@ -44,13 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from .space import SpaceError, load_space
-    from .sweep import SweepSetupError, format_summary, run_sweep
+    from .space import SpaceError, load_space, replace_space
+    from .runtime import SweepSetupError, format_summary, run_sweep
 
     try:
         space = load_space(args.space)
         if args.num_samples is not None:
-            space = space.replace(num_samples=args.num_samples)
+            space = replace_space(space, num_samples=args.num_samples)
     except SpaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +65,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(format_summary(result))
     print(f"MLflow: {result.tracking_uri} (experiment {args.experiment!r}, parent run {result.parent_run_id})")
     if args.select:
-        from .registry import SelectionError, select_champion
+        from .tracking import SelectionError, select_champion
 
         try:
             sel = select_champion(result.name, model_name=args.model_name,

@@ -1,6 +1,6 @@
 """One sweep trial, independent of Ray: data -> model -> training (per-epoch reports) -> attacks -> objectives.
 
-:func:`run_trial` is what the Ray Tune trainable (:mod:`orchestrator.trainable`) calls; the same function also
+:func:`run_trial` is what the Ray Tune trainable (:mod:`orchestrator.runtime`) calls; the same function also
 re-runs a single trial exactly from its recorded parameters (``qshield train --from-run``) and is unit-tested
 without Ray. Reports go through a ``report(metrics, checkpoint_dir)`` callable.
 
@@ -38,8 +38,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from qshield.attacks import AttackConfig
-from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset
-from qshield.data._sampling import stratified_split
+from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset, stratified_split
 from qshield.evaluation import EvaluationReport, MaskingConfig, MinEpsConfig, evaluate, wilson_interval
 from qshield.models import ModelConfig, build_model, load_model, save_model
 from qshield.training import TrainConfig, evaluate_dataset, train

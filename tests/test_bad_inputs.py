@@ -36,7 +36,7 @@ import torch
 import yaml
 from torch import nn
 
-from orchestrator.registry import SelectionError
+from orchestrator.tracking import SelectionError
 from orchestrator.space import SpaceError, load_space, parse_space
 from qshield.attacks import AttackConfig, build_attack
 from qshield.data import DatasetFormatError, DatasetNotFoundError, load_dataset
@@ -161,11 +161,11 @@ GUARDS: dict[str, tuple[str, str]] = {
     "evaluate": ("qshield.evaluation", "evaluate"),
     "make_attack": ("qshield.attacks._build", "make_attack"),
     "quantum_backend": ("qshield.quantum._layer", "get_backend"),
-    "run_sweep": ("orchestrator.sweep", "run_sweep"),
-    "init_ray": ("orchestrator.sweep", "init_ray"),
+    "run_sweep": ("orchestrator.runtime", "run_sweep"),
+    "init_ray": ("orchestrator.runtime._sweep", "init_ray"),
     "ray.init": ("ray", "init"),
     "run_trial": ("orchestrator.trial", "run_trial"),
-    "select_champion": ("orchestrator.registry", "select_champion"),
+    "select_champion": ("orchestrator.tracking", "select_champion"),
 }
 
 
@@ -328,7 +328,7 @@ def store(key: str) -> Callable[[Ctx], str]:
 
 def registered(uri: str) -> Callable[[Ctx], Callable[[], Any]]:
     def prepare(ctx: Ctx) -> Callable[[], Any]:
-        from orchestrator.registry import load_registered
+        from orchestrator.tracking import load_registered
 
         return lambda: load_registered(uri, tracking_uri=ctx.store["uri"])
 
@@ -337,7 +337,7 @@ def registered(uri: str) -> Callable[[Ctx], Callable[[], Any]]:
 
 def champion_of(sweep: str, experiment: str = "qshield") -> Callable[[Ctx], Callable[[], Any]]:
     def prepare(ctx: Ctx) -> Callable[[], Any]:
-        from orchestrator.registry import select_champion
+        from orchestrator.tracking import select_champion
 
         return lambda: select_champion(sweep, experiment=experiment, tracking_uri=ctx.store["uri"])
 
@@ -513,7 +513,7 @@ CASES: list[Case] = [
     Case("cli-sweep-bad-space", qshield("sweep", "--space", written_space(**{"parameters.noise": "thermal"})),
          CliExit, "parameters.noise", ALLOWED_NOISE, exit_code=2, guards=("run_sweep", "init_ray", "ray.init")),
     Case("cli-sweep-missing-space-file", qshield("sweep", "--space", tmp("none.yaml")), CliExit, "none.yaml",
-         ("cannot read the file",), exit_code=2, guards=("run_sweep", "init_ray", "ray.init")),
+         ("no such file", "mnist5k-demo"), exit_code=2, guards=("run_sweep", "init_ray", "ray.init")),
     Case("cli-sweep-bad-num-samples", qshield("sweep", "--space", written_space(), "--num-samples", "many"),
          CliExit, "--num-samples", ("invalid int value",), exit_code=2, guards=("run_sweep", "init_ray", "ray.init")),
     Case("cli-select-unknown-rule", qshield("select", "--sweep", "s", "--rule", "best"), CliExit, "--rule",

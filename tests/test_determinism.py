@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import torch
 
-from orchestrator.space import SweepSpace, parse_space, to_tune_param_space
+from orchestrator.runtime import to_tune_param_space
+from orchestrator.space import SweepSpace, parse_space
 from orchestrator.trial import MODEL_FILE, run_trial
 from qshield.models import load_model
 
@@ -145,7 +146,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     """One trial run and logged to a fresh sqlite store exactly as a sweep's Tune callback logs it."""
     from ray import tune
 
-    from orchestrator.callbacks import MLflowTrialCallback
+    from orchestrator.runtime import MLflowTrialCallback
     from orchestrator.tracking import SweepTracker
 
     tmp = tmp_path_factory.mktemp("logged")

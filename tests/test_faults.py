@@ -10,7 +10,7 @@ fault of the issue, the driver SIGKILLed mid-sweep and restarted
 (``test_killed_driver_resumes_without_rerunning_or_duplicating``).
 
 What "nothing lost, nothing duplicated" means here (:func:`check_accounting`): Tune's own experiment state on
-disk, the driver's :class:`~orchestrator.sweep.SweepResult` and MLflow agree on the set of trial ids; MLflow has
+disk, the driver's :class:`~orchestrator.runtime.SweepResult` and MLflow agree on the set of trial ids; MLflow has
 exactly one parent run and exactly one nested run per Tune trial id; every finished trial's run is ``FINISHED``
 with its final objectives equal to Tune's, its model artifacts, and one ``train_loss`` point per epoch whose
 value is the one Tune recorded (after a resume, an epoch that ran again keeps its abandoned point too); every
@@ -45,8 +45,8 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
 
-from orchestrator.registry import SelectionError, select_champion
-from orchestrator.sweep import MIN_FREE_BYTES, SweepResult, SweepSetupError, TrialRecord, run_sweep, summarise
+from orchestrator.tracking import SelectionError, select_champion
+from orchestrator.runtime import MIN_FREE_BYTES, SweepResult, SweepSetupError, TrialRecord, run_sweep, summarise
 from orchestrator.tracking import PARENT, TRIAL, SweepTracker, TrackingError
 from qshield.data import DatasetFormatError, DatasetNotFoundError
 from qshield.training import NonFiniteLossError
@@ -377,7 +377,7 @@ def test_a_trial_whose_loss_becomes_nan_is_failed_with_the_reason(env: dict[str,
     marker = env["tmp"] / "corrupted_trial.json"
 
     def corrupt_the_first_trial_after_epoch_1() -> None:  # runs in every Ray worker process at start
-        from orchestrator import trainable
+        from orchestrator.runtime import _trainable as trainable
         from orchestrator.trial import load_trial_data
 
         real_run_trial = trainable.run_trial
@@ -629,7 +629,7 @@ def test_mlflow_server_down_past_the_retries_fails_the_sweep_loudly_and_resume_c
     """
     import functools
 
-    import orchestrator.sweep as sweep_module
+    import orchestrator.runtime._sweep as sweep_module
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -680,7 +680,7 @@ def _no_sweep_may_start(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("Ray was started although the storage path is unusable")
 
-    monkeypatch.setattr("orchestrator.sweep.init_ray", refuse)
+    monkeypatch.setattr("orchestrator.runtime._sweep.init_ray", refuse)
     monkeypatch.setattr(ray, "init", refuse)
 
 

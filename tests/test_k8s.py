@@ -84,7 +84,7 @@ CRD_DIR = Path(os.environ.get("KUBERAY_CRD_DIR", "/work/shared/reference/kuberay
 KUBERAY_VERSION = "1.7.0"
 # Where k8s/image/Dockerfile puts the repository inside the image.
 IMAGE_PROJECT_DIR = "/home/ray/qshield"
-EXPECTED_SPACE = {"cpu-dev": "search_spaces/mnist5k-demo.yaml", "gpu": "search_spaces/cifar10.yaml"}
+EXPECTED_SPACE = {"cpu-dev": "orchestrator/search_spaces/mnist5k-demo.yaml", "gpu": "orchestrator/search_spaces/cifar10.yaml"}
 RAY_CONTAINERS = ("ray-head", "ray-worker", "ray-job-submitter")
 EXPECTED_KUSTOMIZATIONS = {
     "base",
@@ -641,7 +641,7 @@ def test_image_puts_the_repository_where_the_entrypoint_reads_it() -> None:
     assert re.search(rf"^WORKDIR\s+{re.escape(IMAGE_PROJECT_DIR)}\s*$", dockerfile, flags=re.MULTILINE)
     assert re.search(r"^COPY\s+(--chown=\S+\s+)?\.\s+\.\s*$", dockerfile, flags=re.MULTILINE)
     ignore = (K8S / "image" / "Dockerfile.dockerignore").read_text().split()
-    for needed in ("!search_spaces", "!orchestrator", "!qshield", "!pyproject.toml", "!requirements/lock.txt"):
+    for needed in ("!orchestrator", "!qshield", "!pyproject.toml", "!requirements/lock.txt"):
         assert needed in ignore
 
 

@@ -23,7 +23,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
 
-from orchestrator.mlflow_model import (
+from orchestrator.tracking import (
     MODEL_FILES,
     PYFUNC_CODE,
     UntrustedModelError,

@@ -71,7 +71,7 @@ def _is_true(node: ast.AST | None) -> bool:
 
 #: (file, function) -> why a loader the scan flags is safe there; each entry is tested to refuse what it must.
 REVIEWED_LOADERS = {
-    ("orchestrator/mlflow_model.py", "load_checked_pyfunc"): (
+    ("orchestrator/tracking/_model.py", "load_checked_pyfunc"): (
         "mlflow.pyfunc.load_model only after checking the model is a code model whose code file is byte-identical "
         "to qshield's own pyfunc_classifier.py (tests/test_mlflow_model.py: a tampered or pickled model is refused)"
     ),
@@ -190,7 +190,7 @@ def test_the_scan_accepts_safe_loading() -> None:
 
 def test_the_source_loads_only_safely() -> None:
     files = source_files()
-    assert {"qshield/models/_io.py", "orchestrator/_space_load.py", RESTRICTED_UNPICKLER} <= {
+    assert {"qshield/models/_io.py", "orchestrator/space/_load.py", RESTRICTED_UNPICKLER} <= {
         str(p.relative_to(ROOT)) for p in files
     }
     problems = [hit for p in files for hit in unsafe_loading(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
@@ -198,12 +198,12 @@ def test_the_source_loads_only_safely() -> None:
     # the scan saw the real loaders: torch.load in the model and ResNet readers, yaml in the space loader and CLI
     text = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in files}
     assert sum(t.count("torch.load(") for t in text.values()) >= 2
-    assert "yaml.safe_load(" in text["orchestrator/_space_load.py"]
+    assert "yaml.safe_load(" in text["orchestrator/space/_load.py"]
     # every reviewed exception names a function that exists, and the scan flags the same call anywhere else
     for path, function in REVIEWED_LOADERS:
         assert f"def {function}(" in text[path], (path, function)
     assert unsafe_loading("import mlflow\ndef elsewhere():\n    mlflow.pyfunc.load_model('m')\n",
-                          "orchestrator/mlflow_model.py")
+                          "orchestrator/tracking/_model.py")
 
 
 def test_the_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
@@ -273,7 +273,7 @@ def _tiny_space(epochs: int = 1) -> Any:
 
 
 def _params(space: Any) -> dict[str, Any]:
-    from orchestrator.space import to_tune_param_space
+    from orchestrator.runtime import to_tune_param_space
 
     return {k: ("linear" if hasattr(v, "sample") else v) for k, v in to_tune_param_space(space).items()}
 
@@ -353,9 +353,9 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """
     from ray import tune
 
-    from orchestrator.callbacks import MLflowTrialCallback
-    from orchestrator.registry import select_champion
-    from orchestrator.sweep import SweepResult, TrialRecord, summarise
+    from orchestrator.runtime import MLflowTrialCallback
+    from orchestrator.tracking import select_champion
+    from orchestrator.runtime import SweepResult, TrialRecord, summarise
     from orchestrator.tracking import SweepTracker
     from orchestrator.trial import run_trial
 
@@ -502,7 +502,7 @@ def test_load_registered_refuses_a_pickled_champion(tracked: dict[str, Any], tmp
     """A registered version whose model.pt was replaced by a payload (e.g. a tampered artifact store)."""
     from mlflow import MlflowClient
 
-    from orchestrator.registry import load_registered
+    from orchestrator.tracking import load_registered
 
     client = MlflowClient(tracked["uri"])
     exp = client.create_experiment("tampered", artifact_location=str(tmp_path / "tampered-artifacts"))

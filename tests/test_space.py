@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qshield.attacks import AttackConfig
 import yaml
 
+from orchestrator.runtime import make_sampler, make_scheduler, make_search_alg, make_tune_config, to_tune_param_space
 from orchestrator.space import (
     DEFAULT_EPS,
     EPS_ATTACKS,
@@ -31,16 +31,13 @@ from orchestrator.space import (
     SweepSpace,
     Uniform,
     load_space,
-    make_sampler,
-    make_scheduler,
-    make_search_alg,
-    make_tune_config,
     parse_space,
-    to_tune_param_space,
+    replace_space,
 )
+from qshield.attacks import AttackConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "orchestrator" / "search_spaces").glob("*.yaml"))
 PAPER = {"mnist": 32 / 255, "organamnist": 8 / 255, "cifar10": 2 / 255}  # the reference's ε per dataset
 
 BASE = {
@@ -70,6 +67,19 @@ def _with(path: str, value: object, base: dict | None = None) -> dict:
 # shipped spaces
 
 
+def test_a_shipped_space_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    from orchestrator.space import shipped_spaces
+
+    monkeypatch.chdir(tmp_path)  # nothing named like a space here: the name resolves inside the package
+    assert set(shipped_spaces()) >= {"mnist5k-demo", "mnist", "cifar10", "organamnist"}
+    assert load_space("mnist5k-demo") == load_space(ROOT / "orchestrator" / "search_spaces" / "mnist5k-demo.yaml")
+    assert load_space("mnist.yaml").name == "mnist-paper"
+    with pytest.raises(SpaceError, match=r"mnist6k.*not the name of a shipped space.*'mnist5k-demo'"):
+        load_space("mnist6k")
+    (tmp_path / "mine.yaml").write_text("name: mine\ndataset: digits\nparameters: {lr: {choice: [0.1, 0.01]}}\n")
+    assert load_space("mine.yaml").name == "mine"  # a file in the working directory wins
+
+
 def test_all_shipped_spaces_are_there_and_load():
     names = {p.stem for p in SHIPPED}
     assert {"mnist5k-demo", "mnist", "cifar10", "organamnist"} <= names
@@ -89,7 +99,7 @@ def test_shipped_space_round_trips_through_dict_json_and_yaml(path):
 
 
 def test_demo_space_pits_the_hybrid_against_its_classical_control_within_a_cpu_budget():
-    space = load_space(ROOT / "search_spaces" / "mnist5k-demo.yaml")
+    space = load_space(ROOT / "orchestrator" / "search_spaces" / "mnist5k-demo.yaml")
     p = space.parameters
     assert space.dataset is Dataset.MNIST5K  # offline built-in
     assert space.max_epochs <= 10 and 4 <= space.num_samples <= 8 and space.resources.gpus == 0
@@ -111,7 +121,7 @@ def test_demo_space_pits_the_hybrid_against_its_classical_control_within_a_cpu_b
 
 @pytest.mark.parametrize("dataset", sorted(PAPER))
 def test_paper_spaces_follow_the_reference(dataset):
-    space = load_space(ROOT / "search_spaces" / f"{dataset}.yaml")
+    space = load_space(ROOT / "orchestrator" / "search_spaces" / f"{dataset}.yaml")
     p = space.parameters
     assert space.dataset.value == dataset
     assert p.epochs == Fixed(10) and p.lr == Fixed(1e-3) and p.batch_size == Fixed(128)
@@ -283,8 +293,11 @@ def test_empty_or_non_mapping_file(tmp_path, text, match):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(SpaceError, match=re.escape(str(tmp_path / "nope.yaml")) + r": cannot read the file"):
+    with pytest.raises(SpaceError, match=re.escape(str(tmp_path / "nope.yaml")) + r": no such file.*'mnist5k-demo'"):
         load_space(tmp_path / "nope.yaml")
+    (tmp_path / "dir.yaml").mkdir()  # exists but cannot be read as a file
+    with pytest.raises(SpaceError, match="no such file"):
+        load_space(tmp_path / "dir.yaml")
 
 
 def test_overrides_are_validated_like_the_file(tmp_path):
@@ -341,9 +354,9 @@ def test_storage_path_resolution(tmp_path, monkeypatch):
 
 def test_replace_revalidates():
     space = parse_space(BASE)
-    assert space.replace(num_samples=3).num_samples == 3
+    assert replace_space(space, num_samples=3).num_samples == 3
     with pytest.raises(SpaceError, match=r"num_samples: must be greater than or equal to 1"):
-        space.replace(num_samples=0)
+        replace_space(space, num_samples=0)
 
 
 def test_space_is_frozen():
@@ -479,7 +492,7 @@ def test_scheduler_and_tune_config():
     asha = make_scheduler(space)
     assert isinstance(asha, ASHAScheduler)
     assert asha.metric == "val_accuracy" and asha._mode == "max" and asha._max_t == 2
-    config = make_tune_config(space.replace(num_samples=7))
+    config = make_tune_config(replace_space(space, num_samples=7))
     assert config.num_samples == 7 and config.metric is None and config.mode is None
     assert config.scheduler is not None and config.search_alg is not None
     assert space.resources.to_tune() == {"cpu": 1.0, "gpu": 0.0}
@@ -502,10 +515,11 @@ def test_docs_example_is_valid_and_docs_cover_every_key():
 def test_search_alg_records_a_trial_stopped_before_its_objectives_as_pruned():
     import optuna
 
-    from orchestrator.space import load_space, make_search_alg
+    from orchestrator.runtime import make_search_alg
+    from orchestrator.space import load_space
 
-    space = load_space(ROOT / "search_spaces" / "mnist5k-demo.yaml").replace(max_concurrent=None)
-    from orchestrator.space import to_tune_param_space
+    space = replace_space(load_space(ROOT / "orchestrator" / "search_spaces" / "mnist5k-demo.yaml"), max_concurrent=None)
+    from orchestrator.runtime import to_tune_param_space
 
     searcher = make_search_alg(space)
 
@@ -524,7 +538,7 @@ def test_search_alg_records_a_trial_stopped_before_its_objectives_as_pruned():
 def test_too_few_qubits_for_the_classes_with_probs_is_refused_before_ray():
     from orchestrator.space import SpaceError, load_space
 
-    base = load_space(ROOT / "search_spaces" / "mnist5k-demo.yaml").to_dict()
+    base = load_space(ROOT / "orchestrator" / "search_spaces" / "mnist5k-demo.yaml").to_dict()
     base["parameters"]["n_qubits"] = {"int": [2, 5]}
     base["parameters"]["measurement"] = "probs"
     base["search"]["points_to_evaluate"] = []

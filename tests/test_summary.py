@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from orchestrator.sweep import (
+from orchestrator.runtime import (
     SweepResult,
     TrialRecord,
     format_summary,

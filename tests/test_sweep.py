@@ -39,9 +39,9 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
 
-from orchestrator.registry import CHAMPION, select_champion
+from orchestrator.tracking import CHAMPION, select_champion
 from orchestrator.space import SweepSpace, parse_space
-from orchestrator.sweep import SweepResult, run_sweep
+from orchestrator.runtime import SweepResult, run_sweep
 from orchestrator.tracking import PARENT, ROLE, SWEEP, TRIAL
 from qshield.data import load_dataset
 from qshield.models import load_model

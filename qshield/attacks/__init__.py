@@ -14,6 +14,7 @@ from ._build import build_attack, make_attack
 from ._config import AttackConfig
 from ._cost import AdversaryCost, QueryCounter
 from ._eot import EOTWrapper
+from ._imports import import_torchattacks, model_device
 from ._preset import ALLOW_UNREACHABLE_PARAM, EOT_PARAM, AttackPreset, EotMode, Norm, Param
 from ._registry import ATTACKS, DEFAULT_EPS, available_attacks, get_preset, resolve_eps
 
@@ -33,6 +34,8 @@ __all__ = [
     "available_attacks",
     "build_attack",
     "get_preset",
+    "import_torchattacks",
+    "model_device",
     "make_attack",
     "resolve_eps",
 ]

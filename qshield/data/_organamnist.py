@@ -1,4 +1,5 @@
-"""OrganAMNIST (MedMNIST v2/v3) from the official ``organamnist.npz``; never downloads.
+"""OrganAMNIST (MedMNIST v2/v3) read through the ``medmnist`` package from the official ``organamnist.npz``;
+never downloads (``download=False``).
 
 Layout under the data root (the file name MedMNIST itself uses, 28x28 version)::
 
@@ -7,7 +8,10 @@ Layout under the data root (the file name MedMNIST itself uses, 28x28 version)::
                                 test_images [17778, 28, 28], test_labels [17778, 1]
 
 The official train/test split is used; the validation split is not part of either (pass it to training code
-yourself if needed). The archive is opened with ``np.load(allow_pickle=False)``, so no code can run from it.
+yourself if needed). ``medmnist.OrganAMNIST`` opens the archive with ``np.load`` (numpy's default
+``allow_pickle=False``, so no code can run from it); the class names are medmnist's ``INFO["organamnist"]``.
+A missing or unreadable file becomes :class:`~qshield.data.DatasetNotFoundError` /
+:class:`~qshield.data.DatasetFormatError` naming it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class OrganAMNISTLoader(DatasetLoader):
         num_classes=11,
         in_channels=1,
         image_size=28,
-        class_names=(
+        class_names=(  # medmnist.INFO["organamnist"]["label"], in label order (tests/test_data.py checks)
             "bladder",
             "femur-left",
             "femur-right",
@@ -72,30 +76,29 @@ class OrganAMNISTLoader(DatasetLoader):
     def load(self) -> SourceSplits:
         if not self.path.is_file():
             raise self.not_found([self.path])
-        arrays: dict[str, np.ndarray] = {}
-        try:
-            with np.load(self.path, allow_pickle=False) as npz:
-                missing = [k for k in _REQUIRED_KEYS if k not in npz.files]
-                if missing:
-                    raise DatasetFormatError(
-                        self.path, f"npz archive lacks key(s) {missing}; it has {sorted(npz.files)}"
-                    )
-                for key in _REQUIRED_KEYS:
-                    arrays[key] = npz[key]
-        except DatasetFormatError:
-            raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-            raise DatasetFormatError(
-                self.path, f"not a readable npz archive (truncated or corrupted?): {type(exc).__name__}: {exc}"
-            ) from exc
-        splits = {}
+        from medmnist import OrganAMNIST
+
+        arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for split in ("train", "test"):
-            images = arrays[f"{split}_images"]
+            try:
+                data = OrganAMNIST(split=split, root=str(self.root), download=False, size=28)
+                arrays[split] = (np.asarray(data.imgs), np.asarray(data.labels))
+            except KeyError as exc:
+                with np.load(self.path, allow_pickle=False) as npz:
+                    keys = sorted(npz.files)
+                missing = [k for k in _REQUIRED_KEYS if k not in keys]
+                raise DatasetFormatError(self.path, f"npz archive lacks key(s) {missing}; it has {keys}") from exc
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError) as exc:
+                raise DatasetFormatError(
+                    self.path, f"not a readable npz archive (truncated or corrupted?): {type(exc).__name__}: {exc}"
+                ) from exc
+        splits = {}
+        for split, (images, raw_labels) in arrays.items():
             if images.ndim == 4 and images.shape[-1] == 1:  # tolerate an explicit trailing channel axis
                 images = images[..., 0]
             if images.ndim != 3:
                 raise DatasetFormatError(self.path, f"{split}_images has shape {images.shape}; expected [N, 28, 28]")
-            labels = check_labels(arrays[f"{split}_labels"], self.spec.num_classes, f"{self.path}[{split}_labels]")
+            labels = check_labels(raw_labels, self.spec.num_classes, f"{self.path}[{split}_labels]")
             splits[split] = ArraySplit(
                 images[:, None, :, :], labels, spec=self.spec, source=f"{self.path}[{split}_images]", max_value=255
             )

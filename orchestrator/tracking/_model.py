@@ -6,7 +6,7 @@
 ``[N, C, H, W] float32 -> [N, classes] float32`` and two real test images as input example. Its files sit in
 the model's ``artifacts/`` folder, so ``models:/<name>@champion`` gives MLflow users
 ``mlflow.pyfunc.load_model(...).predict(images)`` and ``mlflow models serve -m ... --env-manager local``, and
-qshield's own tools the weights (:func:`orchestrator.registry.load_registered`).
+qshield's own tools the weights (:func:`orchestrator.tracking.load_registered`).
 
 MLflow reads the tracking and registry URIs from process-wide state in places that take no URI argument (the
 fluent ``log_model``, and the registry store resolving a ``models:/<model_id>`` source when a version is

@@ -2,13 +2,12 @@
 
 ``load_space(path)`` reads and validates a YAML file (``docs/search-spaces.md``) into a frozen
 :class:`SweepSpace` before Ray starts; a bad file raises :class:`SpaceError` naming the file, line, key path,
-value and what is allowed. ``to_tune_param_space`` / ``make_search_alg`` / ``make_scheduler`` /
-``make_tune_config`` turn it into Ray Tune objects (Ray is imported only by those functions).
+value and what is allowed. Turning a space into Ray Tune objects is :mod:`orchestrator.runtime`'s job.
 """
 
 from __future__ import annotations
 
-from ._space_domains import (
+from ._domains import (
     PARAMETERS,
     Arch,
     Backbone,
@@ -22,9 +21,19 @@ from ._space_domains import (
     QuantumBackend,
     TrainMethod,
     Uniform,
+    plain_value,
 )
-from ._space_load import Problem, SpaceError, load_space, parse_space
-from ._space_model import (
+from ._load import (
+    SHIPPED_DIR,
+    Problem,
+    SpaceError,
+    load_space,
+    parse_space,
+    replace_space,
+    resolve_space_path,
+    shipped_spaces,
+)
+from ._model import (
     DEFAULT_EPS,
     EPS_ATTACKS,
     VAL_METRIC,
@@ -43,12 +52,15 @@ from ._space_model import (
     SelectionConfig,
     SweepSpace,
 )
-from ._space_tune import make_sampler, make_scheduler, make_search_alg, make_tune_config, to_tune_param_space
 
 __all__ = [
     # loading
     "load_space",
     "parse_space",
+    "replace_space",
+    "resolve_space_path",
+    "shipped_spaces",
+    "SHIPPED_DIR",
     "SpaceError",
     "Problem",
     # the model
@@ -84,10 +96,5 @@ __all__ = [
     "DEFAULT_EPS",
     "EPS_ATTACKS",
     "VAL_METRIC",
-    # Ray Tune conversion
-    "to_tune_param_space",
-    "make_search_alg",
-    "make_sampler",
-    "make_scheduler",
-    "make_tune_config",
+    "plain_value",
 ]

@@ -21,7 +21,7 @@ from qshield.attacks import ATTACKS
 from qshield.attacks import DEFAULT_EPS as _ATTACK_DEFAULT_EPS
 from qshield.quantum import CircuitSpec, Measurement, Noise
 
-from ._space_domains import (
+from ._domains import (
     PARAMETERS,
     Arch,
     Domain,
@@ -33,7 +33,7 @@ from ._space_domains import (
     parse_domain,
     parse_number,
 )
-from .scoring import DEFAULT_ACCURACY_FLOOR, Direction, Rule
+from ..scoring import DEFAULT_ACCURACY_FLOOR, Direction, Rule
 
 __all__ = [
     "Dataset",
@@ -652,16 +652,6 @@ class SweepSpace(_Strict):
         data["objectives"] = self.directions()
         data["attacks"]["settings"] = {k: v for k, v in data["attacks"]["settings"].items() if v is not None}
         return data
-
-    def replace(self, **changes: Any) -> SweepSpace:
-        """A re-validated copy with top-level keys replaced (e.g. ``storage_path`` or ``num_samples`` from the CLI).
-
-        Raises:
-            SpaceError: a replaced value is invalid (source ``<replace>``).
-        """
-        from ._space_load import parse_space  # the loader imports this module
-
-        return parse_space(self.to_dict() | changes, source="<replace>")
 
 
 def _in_domain(value: Any, domain: Domain) -> bool:

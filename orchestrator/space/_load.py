@@ -16,7 +16,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ._space_model import SweepSpace
+from ._model import SweepSpace
 
 __all__ = ["SpaceError", "Problem", "load_space", "parse_space"]
 
@@ -62,17 +62,43 @@ class SpaceError(ValueError):
         super().__init__(text)
 
 
+#: The search spaces shipped inside the package (``orchestrator/search_spaces/<name>.yaml``).
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def shipped_spaces() -> dict[str, Path]:
+    """``{name: path}`` of the search spaces shipped with qshield (the file stems: ``mnist5k-demo``, ``mnist``, ...)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}
+
+
+def resolve_space_path(path_or_name: str | Path) -> Path:
+    """A space file: ``path_or_name`` when it is an existing file, else the shipped space of that name (with or
+    without ``.yaml``); ``SpaceError`` naming the shipped spaces otherwise."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = shipped_spaces()
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if str(path_or_name) in (name, f"{name}.yaml") and name in shipped:
+        return shipped[name]
+    raise SpaceError(str(path_or_name), [Problem(
+        "", f"no such file, and not the name of a shipped space; allowed values: a path to a .yaml file or one of "
+            f"{', '.join(map(repr, shipped))}")])
+
+
 def load_space(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpace:
-    """Read and validate the search space in the YAML file ``path``.
+    """Read and validate the search space in the YAML file ``path`` (or the shipped space of that name).
 
     Args:
-        path: a ``.yaml`` file (see ``docs/search-spaces.md``; shipped ones are in ``search_spaces/``).
+        path: a ``.yaml`` file (see ``docs/search-spaces.md``) or the name of a shipped space
+            (:func:`shipped_spaces`: ``mnist5k-demo``, ``mnist``, ``organamnist``, ``cifar10``, ...).
         overrides: top-level keys replacing the file's (e.g. ``{"storage_path": ...}`` from the command line);
             validated like the file's own.
     Raises:
         SpaceError: unreadable file, malformed YAML (with line and column), duplicate keys, or any schema
             violation (with line and key path).
     """
+    path = resolve_space_path(path)
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -118,6 +144,15 @@ def parse_space(data: Any, source: str = "<mapping>", *, _root: yaml.Node | None
         return SweepSpace.model_validate(dict(data))
     except ValidationError as exc:
         raise SpaceError(source, [_problem(err, _root) for err in exc.errors()]) from None
+
+
+def replace_space(space: SweepSpace, **changes: Any) -> SweepSpace:
+    """A re-validated copy of ``space`` with top-level keys replaced (e.g. ``num_samples`` from the CLI).
+
+    Raises:
+        SpaceError: a replaced value is invalid (source ``<replace>``).
+    """
+    return parse_space(space.to_dict() | changes, source="<replace>")
 
 
 def _top_keys() -> str:

@@ -2,7 +2,7 @@
 
 A finished sweep trial records, in the MLflow Model logged by its nested run (folder ``artifacts/`` of the
 LoggedModel; written by :func:`orchestrator.trial.run_trial`, logged by
-:class:`orchestrator.callbacks.MLflowTrialCallback`):
+:class:`orchestrator.runtime.MLflowTrialCallback`):
 
 * ``params.json``: the sampled parameters of the trial (the Tune config);
 * ``space.json``: the whole validated search space (dataset, limits, seed, attacks, resources, ...);
@@ -50,7 +50,7 @@ __all__ = [
     "rerun_from_run",
 ]
 
-#: folder of a trial's logged MLflow model that holds its files (weights, params, space; orchestrator.mlflow_model)
+#: folder of a trial's logged MLflow model that holds its files (weights, params, space; orchestrator.tracking)
 MODEL_ARTIFACT = "artifacts"
 _RECORD_FILES = ("params.json", "space.json", "model.pt")
 #: ``qshield train`` options that still apply with ``--from-run`` (all others are taken from the record)
@@ -161,9 +161,9 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from .mlflow_model import use_tracking_uri
-    from .space import SpaceError, parse_space
-    from .tracking import ROLE, SWEEP, TRIAL, resolve_tracking_uri
+    from ..space import SpaceError, parse_space
+    from ._model import use_tracking_uri
+    from ._tracker import ROLE, SWEEP, TRIAL, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     allowed = "the run id of a finished sweep trial (tag qshield.role=trial), as shown in the MLflow UI"
@@ -256,7 +256,7 @@ def rerun(
 
     from qshield.models import load_model
 
-    from .trial import MODEL_FILE, run_trial
+    from ..trial import MODEL_FILE, run_trial
 
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance={tolerance!r} is invalid; allowed values: a finite number >= 0")

@@ -2,7 +2,7 @@
 
 The intended use (the runner adds its trainable, ``RunConfig`` and callbacks)::
 
-    space = load_space("search_spaces/mnist5k-demo.yaml")
+    space = load_space("mnist5k-demo")
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, space=space), space.resources.to_tune()),
         param_space=to_tune_param_space(space),
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._space_domains import Choice, Domain, Fixed, IntRange, LogUniform, Uniform, _plain
-from ._space_model import VAL_METRIC, SearchAlgorithm, SweepSpace
+from ..space import Choice, Domain, Fixed, IntRange, LogUniform, Uniform, plain_value
+from ..space import VAL_METRIC, SearchAlgorithm, SweepSpace
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ray.tune import TuneConfig
@@ -37,9 +37,9 @@ def _tune_domain(domain: Domain) -> Any:
     from ray import tune
 
     if isinstance(domain, Fixed):
-        return _plain(domain.value)
+        return plain_value(domain.value)
     if isinstance(domain, Choice):
-        return tune.choice([_plain(v) for v in domain.values])
+        return tune.choice([plain_value(v) for v in domain.values])
     if isinstance(domain, Uniform):
         return tune.uniform(domain.lo, domain.hi)
     if isinstance(domain, LogUniform):

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from .tracking import SweepTracker
+from ..tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _TUNE_KEYS = {
 class MLflowTrialCallback(tune.Callback):
     """Logs params when a trial starts, per-epoch metrics as results arrive (each epoch once, also after a
     resume), and on completion the final metrics, per-attack table, masking diagnostics and the trial's model as
-    an MLflow Model (:func:`orchestrator.mlflow_model.log_trial_model`: a pyfunc LoggedModel linked to the run).
+    an MLflow Model (:func:`orchestrator.tracking.log_trial_model`: a pyfunc LoggedModel linked to the run).
     Run names carry the searched values (``trial 3f2a: arch=hybrid method=pgd_at``). Trials stopped early by the
     scheduler end as ``KILLED`` with ``qshield.stopped_early=true``; failed trials end as ``FAILED`` with the
     error in tag ``qshield.error``.
@@ -120,17 +120,24 @@ def _short(value: Any) -> str:
 def _trial_error_message(trial: Any) -> str:
     """``ExceptionType: message`` of the trial's own exception (Ray wraps it; its ``cause`` is the original), from
     the error Tune stored; the last line of Tune's text trace only when the exception could not be read back."""
-    from .sweep import _error_text
-
     try:
         error = trial.get_pickled_error()
     except Exception:  # noqa: BLE001 - an unreadable pickled error falls back to the text trace below
         error = None
     if error is not None:
-        return _error_text(error)
+        return error_text(error)
     error_file = getattr(trial, "error_file", None)
     if error_file and Path(error_file).exists():
         lines = Path(error_file).read_text(errors="replace").strip().splitlines()
         if lines:
             return lines[-1][:2000]
     return "unknown error"
+
+
+def error_text(error: BaseException) -> str:
+    """``"Type: message"`` of the exception that ended a trial: the trainable's own exception, which Ray wraps in
+    a ``RayTaskError`` (as ``cause``) whose text starts with the worker's traceback."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    return f"{type(error).__name__}: {error}"[:2000]

@@ -14,8 +14,8 @@ import ray
 import torch
 from ray import tune
 
-from .space import parse_space
-from .trial import run_trial
+from ..space import parse_space
+from ..trial import run_trial
 
 
 def qshield_trainable(config: dict[str, Any], space_dict: dict[str, Any]) -> None:

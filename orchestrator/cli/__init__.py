@@ -1,6 +1,6 @@
 """The ``qshield`` command: ``sweep``, ``select``, ``demo`` (the application) and ``train``, ``evaluate`` (the
 library's commands, from :mod:`qshield.cli`; ``train`` gains ``--from-run RUN_ID`` here, see
-:mod:`orchestrator.rerun`)."""
+:mod:`orchestrator.tracking`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .run import add_sweep_arguments, run_from_args
-from .scoring import Rule
+from ..run import add_sweep_arguments, run_from_args
+from ..scoring import Rule
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_SPACE = ROOT / "search_spaces" / "mnist5k-demo.yaml"
+#: the shipped space `qshield demo` runs (inside the package, so an installed wheel finds it from any folder)
+DEMO_SPACE = "mnist5k-demo"
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -26,9 +26,9 @@ def _weights(text: str) -> dict[str, float]:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .registry import SelectionError, select_champion
+    from ..tracking import SelectionError, select_champion
 
-    from .run import describe_selection
+    from ..run import describe_selection
 
     try:
         sel = select_champion(args.sweep, model_name=args.model_name, rule=args.rule, weights=args.weights,
@@ -48,9 +48,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking)
     tracking = os.environ["MLFLOW_TRACKING_URI"]
-    print(f"qshield demo: a real sweep of {DEMO_SPACE.name} on local Ray; results in {workdir}", flush=True)
+    print(f"qshield demo: a real sweep of the shipped space {DEMO_SPACE!r} on local Ray; results in {workdir}",
+          flush=True)
     sweep_args = argparse.Namespace(
-        space=str(DEMO_SPACE), name=None, storage_path=str(workdir / "ray_results"), tracking_uri=tracking,
+        space=DEMO_SPACE, name=None, storage_path=str(workdir / "ray_results"), tracking_uri=tracking,
         experiment="qshield-demo", num_samples=args.num_samples, num_cpus=None, select="space",
         model_name="qshield-demo",
     )
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_library_commands(sub)
-        from .rerun import add_from_run_arguments
+        from ..tracking._rerun import add_from_run_arguments
 
         add_from_run_arguments(sub.choices["train"])  # qshield train --from-run RUN_ID: re-run a sweep trial exactly
     return parser

@@ -42,6 +42,7 @@ __all__ = [
     "ParamSpec",
     "PARAMETERS",
     "parse_domain",
+    "plain_value",
     "parse_number",
     "fail",
 ]
@@ -147,7 +148,7 @@ class Fixed:
     searched = False
 
     def to_yaml(self) -> Any:
-        return _plain(self.value)
+        return plain_value(self.value)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class Choice:
     searched = True
 
     def to_yaml(self) -> Any:
-        return {"choice": [_plain(v) for v in self.values]}
+        return {"choice": [plain_value(v) for v in self.values]}
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ class IntRange:
 Domain = Fixed | Choice | Uniform | LogUniform | IntRange
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """An enum as its value (what Tune configs and YAML hold); anything else unchanged."""
     return value.value if isinstance(value, enum.Enum) else value
 
 

@@ -2,7 +2,7 @@
 
 ``select_champion`` reads the finished trial runs of a sweep from MLflow, applies the sweep's constraints, picks
 one by a rule (default ``robust_floor``; ``knee``, ``weighted``, ``constrained_best``: :mod:`orchestrator.scoring`)
-and registers the trial's logged MLflow Model (a ``pyfunc`` LoggedModel, :mod:`orchestrator.mlflow_model`) as a
+and registers the trial's logged MLflow Model (a ``pyfunc`` LoggedModel, :mod:`orchestrator.tracking`) as a
 version of a registered model, tagged with its objective values, the rule and the one-sentence reason it won.
 The runner-up by the same rule is registered too and gets alias ``challenger``.
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from .mlflow_model import MODEL_FILES, load_checked_pyfunc, use_tracking_uri
-from .scoring import DEFAULT_ACCURACY_FLOOR, NoFeasiblePointError, choose
-from .tracking import TRIAL, SweepTracker, quote
+from ._model import MODEL_FILES, load_checked_pyfunc, use_tracking_uri
+from ..scoring import DEFAULT_ACCURACY_FLOOR, NoFeasiblePointError, choose, pareto_front
+from ._tracker import TRIAL, SweepTracker, quote
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: metrics compared after reloading the champion (all deterministic on CPU for a fixed seed)
@@ -175,8 +175,6 @@ def _challenger(
     if not others:
         return None
     if rule == "robust_floor":
-        from .scoring import pareto_front
-
         front = [i for i in pareto_front(points, directions) if i != best]
         if front:
             sign = {k: (1.0 if d == "max" else -1.0) for k, d in directions.items()}
@@ -262,7 +260,7 @@ def load_registered(model_uri: str, tracking_uri: str | None = None) -> tuple[An
 
     from qshield.models import load_model
 
-    from .tracking import resolve_tracking_uri
+    from ._tracker import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
@@ -331,8 +329,8 @@ def verify_version(
     import numpy as np
     import torch
 
-    from .space import parse_space
-    from .trial import evaluate_trained
+    from ..space import parse_space
+    from ..trial import evaluate_trained
 
     uri = f"models:/{name}/{version}"
     model, _, local = load_registered(uri, tracking_uri)

@@ -298,7 +298,7 @@ class SweepTracker:
 
     def log_model(self, run_id: str, model_dir: str | os.PathLike) -> str:
         """Log a trial's model directory as the run's MLflow Model (pyfunc, from code); returns its model id."""
-        from .mlflow_model import log_trial_model
+        from ._model import log_trial_model
 
         return self._call("log model", lambda: log_trial_model(self.tracking_uri, run_id, model_dir))
 

@@ -1,0 +1,214 @@
+"""Run a sweep: validate, attach to (or start) Ray, restore-or-start the Tuner, fit, score, log the summary.
+
+Everything that can be checked is checked before Ray starts: the space (already validated on load), the storage
+path (writable, enough free space), and the MLflow tracking store (the parent run is created or found first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..space import SweepSpace
+from ..tracking import SweepTracker, TrackingError
+from ._callbacks import error_text
+from ._summary import SweepResult, TrialRecord, summarise
+from ._tune import make_tune_config, to_tune_param_space
+
+log = logging.getLogger(__name__)
+
+#: refuse to start a local sweep with less free space than this on the storage path (bytes)
+MIN_FREE_BYTES = 200 * 1024**2
+
+
+class SweepSetupError(RuntimeError):
+    """The sweep cannot start (storage, tracking or cluster problem); raised before any trial runs."""
+
+
+def check_storage(storage_path: str) -> None:
+    """A local storage path must be creatable, writable, and have at least :data:`MIN_FREE_BYTES` free."""
+    if "://" in storage_path:
+        return  # remote storage: checked by pyarrow when Tune opens it
+    path = Path(storage_path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".qshield-write-test-"):
+            pass
+    except OSError as exc:
+        raise SweepSetupError(f"storage_path={storage_path!r} is not writable: {exc}") from exc
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise SweepSetupError(
+            f"storage_path={storage_path!r} has only {free / 1024**2:.0f} MiB free; at least "
+            f"{MIN_FREE_BYTES / 1024**2:.0f} MiB are needed for checkpoints"
+        )
+
+
+def _check_attack_library() -> None:
+    """torchattacks is installed apart from the package's dependencies (docs/install.md): check for it before any
+    trial trains, rather than fail each trial after its training."""
+    from qshield.attacks import import_torchattacks
+
+    try:
+        import_torchattacks()
+    except ImportError as exc:
+        raise SweepSetupError(str(exc)) from None
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Attach to the cluster in ``$RAY_ADDRESS`` when set, else start a local Ray (no dashboard).
+
+    ``address="local"``: a bare ``ray.init()`` would instead attach to the last cluster ``ray start`` recorded in
+    ``/tmp/ray/ray_current_cluster`` (and then refuse ``num_cpus``, or hang on a stale record).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def run_sweep(
+    space: SweepSpace,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "qshield",
+    num_cpus: int | None = None,
+    verbose: int = 1,
+) -> SweepResult:
+    """Run (or resume) the sweep ``space`` and return its trials, Pareto front and knee point.
+
+    Restore-or-start: when ``<storage_path>/<name>`` holds a Tune experiment, it is restored (finished trials
+    kept, unfinished ones resumed from their last checkpoint, errored ones retried); otherwise a new one starts.
+    MLflow runs are found again by tags, so a resumed sweep never duplicates them.
+    """
+    from ray import tune
+
+    from ._callbacks import MLflowTrialCallback
+    from ._trainable import qshield_trainable
+
+    name = name or space.name
+    storage = storage_path or space.resolved_storage_path()
+    if "://" not in storage:
+        storage = os.path.abspath(os.path.expanduser(storage))
+    check_storage(storage)
+    _check_attack_library()
+    tracker = SweepTracker(name, experiment, tracking_uri)
+    parent = tracker.parent_run_id(params={"space": space.to_dict()})
+    study_storage = optuna_storage(tracker.tracking_uri)
+    tracker.set_tags(
+        parent,
+        {
+            "qshield.objectives": json.dumps(space.directions()),
+            "qshield.constraints": json.dumps(space.constraints.as_dict()),
+            "qshield.selection": json.dumps(space.selection.as_dict()),
+            "qshield.dataset": space.dataset.value,
+            "qshield.storage_path": storage,
+            "qshield.optuna_study": name,
+            "qshield.optuna_storage": redact_url(study_storage) if study_storage else "in memory",
+        },
+    )
+    # Per-epoch reports carry training metrics only; the objectives arrive with the final report, which is all
+    # the searcher reads (on trial completion). Tune's strict check would demand them in every report.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    init_ray(num_cpus)
+
+    resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
+    trainable = tune.with_resources(tune.with_parameters(qshield_trainable, space_dict=space.to_dict()), resources)
+    exp_path = f"{storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(exp_path):
+        log.info("resuming sweep %s from %s", name, exp_path)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune_param_space(space),
+            tune_config=make_tune_config(space, storage=study_storage, study_name=name),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                callbacks=[MLflowTrialCallback(tracker, space.parameters.searched())],
+                failure_config=tune.FailureConfig(max_failures=space.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=verbose,
+            ),
+        )
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # Tune wraps a callback's exception in a TuneError holding the traceback as text
+        lost = _tracking_error(exc)
+        if lost is None:
+            raise
+        raise TrackingError(
+            f"{lost}; the sweep stopped rather than run on untracked, and its state is kept in {exp_path}: run it "
+            f"again with the same name to resume once the tracking server answers"
+        ) from exc
+
+    result = SweepResult(name, storage, tracker.tracking_uri, parent, space.directions(),
+                         selection=space.selection.as_dict(), constraints=space.constraints.as_dict())
+    for r in grid:
+        metrics = dict(r.metrics or {})
+        trial_id = str(metrics.get("trial_id") or Path(r.path).name)
+        if r.error is not None:
+            status = "error"
+        elif metrics.get("final"):
+            status = "finished"
+        else:
+            status = "stopped_early"
+        result.trials.append(
+            TrialRecord(
+                trial_id=trial_id,
+                status=status,
+                config=dict(r.config or {}),
+                metrics=metrics,
+                error=None if r.error is None else error_text(r.error),
+                node_ip=metrics.get("node_ip"),
+            )
+        )
+    summarise(result, tracker)
+    return result
+
+
+def optuna_storage(tracking_uri: str) -> str | None:
+    """Where the sweep's Optuna study is persisted: ``$QSHIELD_OPTUNA_STORAGE`` when set (e.g. the tracking
+    server's PostgreSQL database on a cluster), else ``optuna.db`` next to a local ``sqlite:///`` tracking store,
+    else None (in memory)."""
+    env = os.environ.get("QSHIELD_OPTUNA_STORAGE")
+    if env:
+        return env
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        return f"{prefix}{Path(tracking_uri[len(prefix):]).resolve().parent / 'optuna.db'}"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (safe to log)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy understands: show nothing of it
+        return "<unparsable storage URL>"
+
+
+def _tracking_error(exc: BaseException) -> TrackingError | None:
+    """The :class:`TrackingError` in ``exc``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TrackingError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
