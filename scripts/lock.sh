@@ -7,7 +7,7 @@ tmp=$(mktemp -d)
 python3 -m venv "$tmp/venv"
 pip="$tmp/venv/bin/python -m pip"
 $pip install -q torch==2.13.0
-$pip install -q torch==2.13.0 -e ".[test]"
+$pip install -q torch==2.13.0 -e ".[test,postgres]"
 $pip install -q --no-deps torchattacks==3.5.1
 {
   echo "# Fully pinned, conflict-free set for Python 3.11 (torch/torchvision installed separately: see scripts/dev.sh)."

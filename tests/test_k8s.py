@@ -1184,6 +1184,29 @@ def test_mlflow_uses_its_own_database_role_never_the_superuser(
     assert "NOSUPERUSER" in script and "NOCREATEROLE" in script and "NOCREATEDB" in script
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_driver_persists_its_optuna_study_in_postgres(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ray head (where the Tune driver runs) gets QSHIELD_OPTUNA_STORAGE, read by
+    orchestrator.runtime.optuna_storage, pointing at database optuna with MLflow's role; the init script
+    creates that database; the parent run's tag would show it without the password."""
+    from orchestrator.runtime import optuna_storage, redact_url
+
+    head = _rayjob(rendered[overlay])["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    url = _env_entry(head, "QSHIELD_OPTUNA_STORAGE")["value"]
+    parsed = urlparse(url)
+    assert parsed.scheme == "postgresql+psycopg2" and parsed.hostname == "qshield-postgres" and parsed.path == "/optuna"
+    for name, key in (("QSHIELD_OPTUNA_DB_USER", "username"), ("QSHIELD_OPTUNA_DB_PASSWORD", "password")):
+        assert _env_entry(head, name)["valueFrom"]["secretKeyRef"] == {"name": "qshield-mlflow-db", "key": key}
+    assert parsed.username == "$(QSHIELD_OPTUNA_DB_USER)" and parsed.password == "$(QSHIELD_OPTUNA_DB_PASSWORD)"
+    script = (K8S / "base" / "postgres" / "create-mlflow-role.sh").read_text()
+    assert 'CREATE DATABASE :"optuna_db" WITH OWNER :"role"' in script and "OPTUNA_DB_NAME:-optuna" in script
+    monkeypatch.setenv("QSHIELD_OPTUNA_STORAGE", url.replace("$(QSHIELD_OPTUNA_DB_PASSWORD)", "s3cret"))
+    assert optuna_storage("http://qshield-mlflow:5000").endswith("@qshield-postgres:5432/optuna")
+    assert "s3cret" not in redact_url(optuna_storage("http://qshield-mlflow:5000"))
+
+
 def _postgres_bin() -> Path | None:
     for candidate in (shutil.which("initdb"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))):
         if candidate:
@@ -1236,10 +1259,11 @@ def test_postgres_init_script_creates_a_role_that_can_migrate_but_not_administer
         assert "created role mlflow" in created.stdout
         query = (
             "select rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolcanlogin from pg_roles "
-            "where rolname = 'mlflow'; select pg_get_userbyid(datdba) from pg_database where datname = 'mlflow'"
+            "where rolname = 'mlflow'; select pg_get_userbyid(datdba) from pg_database where datname = 'mlflow'; "
+            "select pg_get_userbyid(datdba) from pg_database where datname = 'optuna'"
         )
         roles = run(psql, "-U", "postgres", "-d", "postgres", "-Atc", query, env=socket_env).stdout.split()
-        assert roles == ["f|f|f|f|t", "mlflow"]
+        assert roles == ["f|f|f|f|t", "mlflow", "mlflow"]  # the sweeps' Optuna studies: database optuna
         as_mlflow = {"PGHOST": "127.0.0.1", "PGPORT": port, "PGUSER": "mlflow", "PGPASSWORD": password}
         ddl = run(psql, "-d", "mlflow", "-v", "ON_ERROR_STOP=1", "-Atc",
                   "create table t (x int); insert into t values (1); select count(*) from t",
@@ -1403,6 +1427,7 @@ def test_network_policies_admit_only_what_the_sweep_needs(
     ray = {"head", "worker"}
     allowed = {  # (source role, target role) -> ports admitted, or "all"
         ("qshield-mlflow", "qshield-postgres"): {5432},
+        ("head", "qshield-postgres"): {5432},  # the Tune driver's Optuna study (database optuna)
         **{(r, "qshield-mlflow"): {5000} for r in ray},
         **{(r, t): "all" for r in ray for t in ray},
         ("submitter", "head"): {8265},
