@@ -428,6 +428,8 @@ def make_card(model_uri: str, tracking_uri: str | None = None, *, out: str | Pat
               n_images: int = 6, seed: int = 0) -> CardResult:
     """Build and render the card of ``model_uri``; with ``log``, log it to the version's run as ``card/`` and
     tag the version ``qshield.card = runs:/<run>/card/index.html``. ``out``: also keep it in this folder."""
+    if not log and out is None:
+        raise ValueError("out: missing; a card that is not logged to MLflow (--no-log) needs a folder (--out DIR)")
     tracking_uri = resolve_tracking_uri(tracking_uri)
     card, arrays = build_card(model_uri, tracking_uri, n_images=n_images, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:

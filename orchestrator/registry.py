@@ -11,6 +11,8 @@ loaded safely (``torch.load(weights_only=True)``), the model re-evaluated on the
 the logged ones) and MLflow's own ``mlflow.pyfunc.load_model`` must reproduce the model's class probabilities on
 the input example. Only then does ``champion`` point at it (one alias call, so readers never see a half-made
 champion); a version that does not reproduce is tagged ``qshield.verification=failed`` and never aliased.
+Last, the champion gets its robustness card (:mod:`orchestrator.card`, logged to its run as ``card/``); a card
+that cannot be made is a warning and a version tag ``qshield.card = failed: ...``, never a lost registration.
 
 Selecting is idempotent: a run already registered under the model name reuses its version (two selections
 racing each other converge on the lowest version number; the other is deleted), so re-running ``select`` never
@@ -20,6 +22,7 @@ adds a duplicate version.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ from mlflow.exceptions import MlflowException
 from .mlflow_model import MODEL_FILES, load_checked_pyfunc, use_tracking_uri
 from .scoring import DEFAULT_ACCURACY_FLOOR, NoFeasiblePointError, choose
 from .tracking import TRIAL, SweepTracker, quote
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: metrics compared after reloading the champion (all deterministic on CPU for a fixed seed)
@@ -55,6 +60,7 @@ class Selection:
     challenger_version: str | None = None
     challenger_reason: str = ""
     verified: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (logged, re-evaluated)
+    card: str | None = None  # runs:/<run>/card/index.html of the champion's robustness card, None when not made
 
 
 def _finished_trials(tracker: SweepTracker) -> list[Any]:
@@ -102,11 +108,13 @@ def select_champion(
     tracking_uri: str | None = None,
     verify: bool = True,
     tolerance: float = 1e-6,
+    card: bool = True,
 ) -> Selection:
     """Pick, register, verify and alias the champion of ``sweep`` (see the module docstring).
 
     ``rule`` and ``accuracy_floor`` default to the sweep space's ``selection`` (recorded on its parent run),
-    else ``robust_floor`` with a floor of :data:`~orchestrator.scoring.DEFAULT_ACCURACY_FLOOR`.
+    else ``robust_floor`` with a floor of :data:`~orchestrator.scoring.DEFAULT_ACCURACY_FLOOR`. ``card``: make the
+    champion's robustness card (kept when the version already has one).
     """
     tracker = SweepTracker(sweep, experiment, tracking_uri)
     if tracker.client.get_experiment_by_name(experiment) is None:
@@ -166,7 +174,27 @@ def select_champion(
             client.set_registered_model_alias(name, CHALLENGER, challenger.version)
             selection.challenger_version, selection.challenger_reason = challenger.version, why
     _record_on_parent(tracker, parent_id, selection, runs[best])
+    if card:
+        selection.card = _champion_card(client, tracker.tracking_uri, name, str(champion.version))
     return selection
+
+
+def _champion_card(client: Any, tracking_uri: str, name: str, version: str) -> str | None:
+    """The champion's robustness card (made once per version; kept when it exists). A failure is logged as a
+    warning and recorded in the version's ``qshield.card`` tag; the registration stands."""
+    from .card import CARD_TAG, make_card
+
+    existing = client.get_model_version(name, version).tags.get(CARD_TAG, "")
+    if existing.startswith("runs:/"):
+        return existing
+    try:
+        return make_card(f"models:/{name}/{version}", tracking_uri).artifact_uri
+    except Exception as exc:  # noqa: BLE001 - the card is evidence about the champion, not a condition for it
+        message = f"failed: {type(exc).__name__}: {exc}"
+        log.warning("robustness card of models:/%s/%s %s (the registration stands; retry with "
+                    "`qshield card models:/%s/%s`)", name, version, message, name, version)
+        client.set_model_version_tag(name, version, CARD_TAG, message[:5000])
+        return None
 
 
 def _record_on_parent(tracker: SweepTracker, parent_id: str, sel: Selection, run: Any) -> None:

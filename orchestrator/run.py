@@ -88,6 +88,9 @@ def describe_selection(sel: object) -> str:
         lines.append("  reloaded from the registry and re-evaluated: " + ", ".join(
             f"{k} logged {a:.4f} / now {b:.4f}" for k, (a, b) in sel.verified.items())
             + "; mlflow.pyfunc.load_model reproduces its probabilities")
+    card = getattr(sel, "card", None)
+    if card:
+        lines.append(f"  robustness card: {card} (MLflow: the run's artifacts, card/index.html)")
     return "\n".join(lines)
 
 
