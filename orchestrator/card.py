@@ -18,7 +18,7 @@ logs them as artifacts of the version's trial run (``select`` does it automatica
 
 The HTML is self-contained: inline CSS, no script, no external fetch; its pictures are embedded as ``data:`` PNGs,
 because MLflow's artifact viewer shows HTML in a sandboxed frame that cannot follow relative links, and are also
-logged beside it as files (``card/asr_vs_eps.png``, ``card/gallery_*.png``). ``card/card.json`` holds every
+logged beside it as files (``card/asr_vs_eps.png``, ``card/gallery_*.png``, ``card/branches_*.png`` for hybrids). ``card/card.json`` holds every
 number shown and ``card/gallery.npz`` the gallery's clean and adversarial images (for checking the card).
 """
 
@@ -40,7 +40,7 @@ import torch
 from mlflow import MlflowClient
 
 from qshield.attacks import ATTACKS
-from qshield.evaluation import AsrCurve, asr_vs_eps, plot_asr_vs_eps
+from qshield.evaluation import AsrCurve, asr_vs_eps
 
 from .probe import (
     LoadedModel,
@@ -221,14 +221,17 @@ def model_curves(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor
     return curves
 
 
-def recorded_curve(section: ModelSection) -> AsrCurve | None:
-    """The PGD ASR-vs-ε the trial's masking check recorded (None when the sweep ran no diagnostics)."""
+def recorded_curve(section: ModelSection, eps_max: float = 1.0, label: str | None = None) -> AsrCurve | None:
+    """The PGD ASR-vs-ε the trial's masking check recorded, at its ε up to ``eps_max`` (None when the sweep ran
+    no diagnostics)."""
     m = section.masking
     if not m or not m.get("pgd_asr") or len(m["pgd_asr"]) != len(m.get("eps_schedule") or ()):
         return None
-    return AsrCurve(f"{section.label} · pgd (recorded by the masking check)", "pgd",
-                    tuple(float(e) for e in m["eps_schedule"]), tuple(float(a) for a in m["pgd_asr"]),
-                    int(m.get("n_examples") or 0))
+    points = [(float(e), float(a)) for e, a in zip(m["eps_schedule"], m["pgd_asr"], strict=True) if e <= eps_max + 1e-9]
+    if not points:
+        return None
+    return AsrCurve(f"{label or section.label} · pgd (recorded by the masking check)", "pgd",
+                    tuple(e for e, _ in points), tuple(a for _, a in points), int(m.get("n_examples") or 0))
 
 
 def pick_gallery(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> list[int]:
@@ -276,56 +279,93 @@ def gallery(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, ind
 
 def plot_gallery(data: GalleryData, clean: np.ndarray, adv: np.ndarray, class_names: Sequence[str],
                  path: str | Path) -> GalleryData:
-    """One row per image: clean, adversarial, amplified perturbation; for a hybrid also the classical and quantum
-    branch probabilities (clean and adversarial) with the fusion weight. Returns ``data``."""
+    """One row per image: clean (prediction, true class), adversarial (prediction after), amplified perturbation
+    (its factor and L∞ size). Returns ``data``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n = len(data.indices)
-    hybrid = data.p_classical is not None
-    cols = 5 if hybrid else 3
-    fig = Figure(figsize=(2.1 * cols + (1.2 if hybrid else 0), 2.0 * max(n, 1) + 0.4))
+    fig = Figure(figsize=(6.3, 2.0 * max(n, 1) + 0.4))
     FigureCanvasAgg(fig)
     if n == 0:
         ax = fig.add_subplot(1, 1, 1)
         ax.axis("off")
         ax.text(0.5, 0.5, "no correctly classified test image to attack", ha="center", va="center")
+    name = lambda k: class_names[k] if 0 <= k < len(class_names) else str(k)  # noqa: E731
     for i in range(n):
-        cmap = "gray" if clean.shape[1] == 1 else None
-
         def show(col: int, img: np.ndarray, title: str) -> None:
-            ax = fig.add_subplot(n, cols, i * cols + col)
-            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap=cmap, vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax = fig.add_subplot(n, 3, i * 3 + col)
+            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray" if img.shape[0] == 1
+                      else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=8)
 
-        name = lambda k: class_names[k] if 0 <= k < len(class_names) else str(k)  # noqa: E731
         show(1, clean[i], f"clean: {name(data.clean_pred[i])} ({data.clean_conf[i]:.2f})\ntrue {name(data.labels[i])}")
         mark = "" if data.adv_pred[i] == data.labels[i] else "  ✗"
         show(2, adv[i], f"{data.attack}: {name(data.adv_pred[i])} ({data.adv_conf[i]:.2f}){mark}")
         delta, _ = amplify(torch.from_numpy(adv[i] - clean[i]))
         show(3, delta.numpy(), f"perturbation ×{data.amplification[i]:.1f}\nL∞ {data.linf[i] * 255:.1f}/255")
-        if hybrid:
-            assert data.p_classical is not None and data.p_quantum is not None
-            for col, (pc, pq, w, when) in enumerate((
-                (data.p_classical[i], data.p_quantum[i], data.fusion_weight, "clean"),
-                (data.p_classical_adv[i], data.p_quantum_adv[i], data.fusion_weight_adv, "adversarial"),  # type: ignore[index]
-            ), start=4):
-                ax = fig.add_subplot(n, cols, i * cols + col)
-                k = np.arange(len(pc))
-                ax.bar(k - 0.2, pc, width=0.4, label="classical", color="#4c72b0")
-                ax.bar(k + 0.2, pq, width=0.4, label="quantum", color="#dd8452")
-                ax.set_ylim(0, 1)
-                ax.set_xticks(k)
-                ax.set_xticklabels([str(v) for v in k], fontsize=6)
-                ax.tick_params(axis="y", labelsize=6)
-                weight = f", w_c={w[i]:.2f}" if w is not None else ""
-                ax.set_title(f"branches ({when}{weight})", fontsize=8)
-                if i == 0 and col == 4:
-                    ax.legend(fontsize=6, loc="upper right")
-    fig.suptitle(f"{data.label} — {data.role}", fontsize=10)
+    fig.suptitle(f"{data.label}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(Path(path), format="png", dpi=110)
+    return data
+
+
+def plot_branches(data: GalleryData, path: str | Path) -> GalleryData:
+    """For a hybrid's gallery: per image, the classical and quantum branch probabilities on the clean and on the
+    adversarial image, with the fusion weight (classical share) in the titles. Returns ``data``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if data.p_classical is None or data.p_quantum is None:
+        raise ValueError(f"{data.label} is not a hybrid: it has no branch probabilities to plot")
+    n = len(data.indices)
+    fig = Figure(figsize=(6.3, 1.7 * max(n, 1) + 0.5))
+    FigureCanvasAgg(fig)
+    for i in range(n):
+        for col, (pc, pq, w, when) in enumerate((
+            (data.p_classical[i], data.p_quantum[i], data.fusion_weight, "clean"),
+            (data.p_classical_adv[i], data.p_quantum_adv[i], data.fusion_weight_adv, data.attack),  # type: ignore[index]
+        ), start=1):
+            ax = fig.add_subplot(n, 2, i * 2 + col)
+            k = np.arange(len(pc))
+            ax.bar(k - 0.2, pc, width=0.4, label="classical branch", color="#4c72b0")
+            ax.bar(k + 0.2, pq, width=0.4, label="quantum branch", color="#dd8452")
+            ax.set_ylim(0, 1)
+            ax.set_xticks(k)
+            ax.set_xticklabels([str(v) for v in k], fontsize=6)
+            ax.tick_params(axis="y", labelsize=6)
+            weight = f", w_c = {w[i]:.2f}" if w is not None else ""
+            ax.set_title(f"#{data.indices[i]} {when}{weight}", fontsize=8)
+            if i == 0 and col == 1:
+                ax.legend(fontsize=6, loc="upper right")
+    fig.suptitle(f"{data.label}: branch probabilities", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(Path(path), format="png", dpi=110)
+    return data
+
+
+def plot_curves(curves: Sequence[AsrCurve], threat_eps: float, path: str | Path) -> tuple[AsrCurve, ...]:
+    """ASR (%) against ε (×1/255) for every curve, the threat ε marked, the legend beside the axes (the card's
+    figure; :func:`qshield.evaluation.plot_asr_vs_eps` draws the same data in the library's style). Returns the
+    curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data = tuple(curves)
+    fig = Figure(figsize=(9.5, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for c in data:
+        style = ":" if "recorded" in c.label else "-"
+        ax.plot([e * 255 for e in c.eps], [100 * a for a in c.asr], style, marker="o", ms=4, label=c.label)
+    ax.axvline(threat_eps * 255, color="grey", lw=1, ls="--", label=f"threat ε = {threat_eps * 255:.0f}/255")
+    ax.set_xlabel("ε (×1/255)")
+    ax.set_ylabel("ASR (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(Path(path), format="png", dpi=110)
     return data
@@ -375,9 +415,9 @@ def build_card(model_uri: str, tracking_uri: str | None = None, *, n_images: int
     n_eval = min(int(loaded.space.attacks.n_eval), len(labels))
     curve_x, curve_y = images[:min(n_eval, curve_images)], labels[:min(n_eval, curve_images)]
     eps = curve_eps(loaded.space.threat_eps())
-    curves: list[AsrCurve] = model_curves(loaded, curve_x, curve_y, eps, label=f"v{ref.version or ''} {loaded.arch}",
-                                          seed=seed)
-    recorded = recorded_curve(section)
+    own_label = f"v{ref.version} {loaded.arch}" if ref.version else loaded.arch
+    curves: list[AsrCurve] = model_curves(loaded, curve_x, curve_y, eps, label=own_label, seed=seed)
+    recorded = recorded_curve(section, max(eps), own_label)
     if recorded is not None:
         curves.append(recorded)
     if partner_loaded is not None:
@@ -411,12 +451,14 @@ def render_card(card: RobustnessCard, arrays: dict[str, np.ndarray], out_dir: st
     pngs: dict[str, Path] = {}
     if card.curves:
         pngs["asr_vs_eps"] = out / "asr_vs_eps.png"
-        plot_asr_vs_eps(card.curves, pngs["asr_vs_eps"], title=f"ASR vs ε ({card.dataset}; threat ε = "
-                        f"{card.threat_eps * 255:.0f}/255)")
+        plot_curves(card.curves, card.threat_eps, pngs["asr_vs_eps"])
     for g in card.galleries:
         key = "model" if g.role == "model" else "partner"
         pngs[f"gallery_{key}"] = out / f"gallery_{key}.png"
         plot_gallery(g, arrays[f"{key}_clean"], arrays[f"{key}_adv"], card.class_names, pngs[f"gallery_{key}"])
+        if g.p_classical is not None:
+            pngs[f"branches_{key}"] = out / f"branches_{key}.png"
+            plot_branches(g, pngs[f"branches_{key}"])
     np.savez(out / "gallery.npz", **arrays)
     (out / "card.json").write_text(json.dumps(card.to_dict(), indent=2))
     page = out / "index.html"
@@ -646,7 +688,9 @@ def card_html(card: RobustnessCard, pngs: dict[str, bytes]) -> str:
         key = "model" if g.role == "model" else "partner"
         parts.append(f"<div class='gallery' data-role='{_e(key)}'><h3>{_e(g.label)}</h3>"
                      + (_img(pngs[f"gallery_{key}"], f"gallery {key}") if f"gallery_{key}" in pngs else "")
-                     + _gallery_table(g, card.class_names) + "</div>")
+                     + _gallery_table(g, card.class_names)
+                     + (_img(pngs[f"branches_{key}"], f"branches {key}") if f"branches_{key}" in pngs else "")
+                     + "</div>")
     parts.append("</div>")
     if card.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in card.notes) + "</ul>")
@@ -670,5 +714,5 @@ def _jsonable(obj: Any) -> Any:
 
 __all__ = [
     "CARD_DIR", "CARD_TAG", "CardResult", "GalleryData", "ModelRef", "ModelSection", "RobustnessCard", "build_card",
-    "card_html", "curve_eps", "make_card", "plot_gallery", "render_card", "with_ci",
+    "card_html", "curve_eps", "make_card", "plot_branches", "plot_curves", "plot_gallery", "render_card", "with_ci",
 ]
