@@ -252,7 +252,10 @@ def gallery(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor, ind
     idx = torch.as_tensor(list(indices), dtype=torch.long)
     x, y = images[idx], labels[idx]
     config = loaded.attack_config(attack)
-    adv = attack_images(loaded.model, x, y, config, seed=seed) if len(idx) else x.clone()
+    if not len(idx):  # the model got no test image right: nothing to attack, an empty gallery says so
+        return (GalleryData(loaded.ref.label, role, config.name, config.eps, (), (), (), (), (), (), (), ()),
+                x.numpy(), x.numpy())
+    adv = attack_images(loaded.model, x, y, config, seed=seed)
     before, after = inspect_batch(loaded.model, x), inspect_batch(loaded.model, adv)
     amps = [amplify(adv[i] - x[i])[1] for i in range(len(idx))]
     linf = [float((adv[i] - x[i]).abs().max()) if adv[i].numel() else 0.0 for i in range(len(idx))]
