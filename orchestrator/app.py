@@ -384,7 +384,8 @@ def handle_test_images(state: AppState, model: Any) -> dict[str, Any]:
         "partner": None if partner is None else {"uri": partner.ref.uri, "label": f"{partner.role}: "
                                                  f"{partner.ref.label} (trial {partner.trial_id}, {partner.arch})"},
         "images": [{"index": i, "label": int(labels[i]), "label_name": _class_name(loaded.class_names, int(labels[i])),
-                    "png": _data_uri(png_bytes(images[i], scale=scale))} for i in range(min(N_TEST_IMAGES, len(labels)))],
+                    "png": _data_uri(png_bytes(images[i], scale=scale))}
+                   for i in range(min(N_TEST_IMAGES, len(labels)))],
     }
 
 
@@ -477,7 +478,8 @@ def create_app(tracking_uri: str | None = None, *, credentials: tuple[str, str] 
         buf = io.BytesIO()
         preview.save(buf, format="PNG")
         return JSONResponse({"upload_id": token, "format": checked.format, "width": checked.width,
-                             "height": checked.height, "bytes": checked.size_bytes, "preview": _data_uri(buf.getvalue())})
+                             "height": checked.height, "bytes": checked.size_bytes,
+                             "preview": _data_uri(buf.getvalue())})
 
     @app.post("/api/run")
     async def run(request: Request) -> Any:

@@ -18,8 +18,9 @@ logs them as artifacts of the version's trial run (``select`` does it automatica
 
 The HTML is self-contained: inline CSS, no script, no external fetch; its pictures are embedded as ``data:`` PNGs,
 because MLflow's artifact viewer shows HTML in a sandboxed frame that cannot follow relative links, and are also
-logged beside it as files (``card/asr_vs_eps.png``, ``card/gallery_*.png``, ``card/branches_*.png`` for hybrids). ``card/card.json`` holds every
-number shown and ``card/gallery.npz`` the gallery's clean and adversarial images (for checking the card).
+logged beside it as files (``card/asr_vs_eps.png``, ``card/gallery_*.png``, ``card/branches_*.png`` for hybrids).
+``card/card.json`` holds every number shown and ``card/gallery.npz`` the gallery's clean and adversarial images
+(for checking the card).
 """
 
 from __future__ import annotations
@@ -44,14 +45,12 @@ from qshield.evaluation import AsrCurve, asr_vs_eps
 
 from .probe import (
     LoadedModel,
-    ModelRef,
     Partner,
     amplify,
     attack_images,
     inspect_batch,
     open_model,
     partner_of,
-    png_bytes,
     resolve_ref,
     test_data,
 )
@@ -329,7 +328,8 @@ def plot_branches(data: GalleryData, path: str | Path) -> GalleryData:
     for i in range(n):
         for col, (pc, pq, w, when) in enumerate((
             (data.p_classical[i], data.p_quantum[i], data.fusion_weight, "clean"),
-            (data.p_classical_adv[i], data.p_quantum_adv[i], data.fusion_weight_adv, data.attack),  # type: ignore[index]
+            (data.p_classical_adv[i], data.p_quantum_adv[i],  # type: ignore[index]
+             data.fusion_weight_adv, data.attack),
         ), start=1):
             ax = fig.add_subplot(n, 2, i * 2 + col)
             k = np.arange(len(pc))
@@ -424,7 +424,8 @@ def build_card(model_uri: str, tracking_uri: str | None = None, *, n_images: int
     if recorded is not None:
         curves.append(recorded)
     if partner_loaded is not None:
-        curves += model_curves(partner_loaded, curve_x, curve_y, eps, label=f"{partner.role} {partner_loaded.arch}",  # type: ignore[union-attr]
+        assert partner is not None
+        curves += model_curves(partner_loaded, curve_x, curve_y, eps, label=f"{partner.role} {partner_loaded.arch}",
                                seed=seed)
 
     strongest = (section.tags.get("qshield.strongest_attack") or (section.worst_case or {}).get("strongest_attack")
@@ -555,17 +556,20 @@ def _headline(s: ModelSection) -> str:
     m = s.metrics
     cost = m.get("adversary_cost")
     cost_text = "n/a" if cost is None else (
-        f"{cost * 255:.1f}/255 (quartiles {_eps255(m.get('adversary_cost_q25'))}–{_eps255(m.get('adversary_cost_q75'))}"
+        f"{cost * 255:.1f}/255 (quartiles {_eps255(m.get('adversary_cost_q25'))}–"
+        f"{_eps255(m.get('adversary_cost_q75'))}"
         f", {_count(m.get('adversary_cost_censored'))} never flipped)")
     trust = s.tags.get("qshield.trustworthy")
     verdict = ('<span class="ok">trustworthy</span>' if trust == "true" else
-               f'<span class="bad">not trustworthy: {_e(s.tags.get("qshield.flag") or "masking diagnostics failed or did not run")}</span>')
+               f'<span class="bad">not trustworthy: '
+               f'{_e(s.tags.get("qshield.flag") or "masking diagnostics failed or did not run")}</span>')
     return (
         '<table class="headline">'
         f'<tr><th>clean accuracy [95% CI]</th><td class="num" data-metric="accuracy">{_e(with_ci(m, "accuracy"))}</td>'
         f'<td class="muted">{_count(m.get("n_test"))} test images</td></tr>'
         f'<tr><th>worst-case robust accuracy [95% CI]</th><td class="num" data-metric="robust_accuracy">'
-        f'{_e(with_ci(m, "robust_accuracy"))}</td><td class="muted">first {_count(m.get("n_eval"))} test images; robust = '
+        f'{_e(with_ci(m, "robust_accuracy"))}</td><td class="muted">first {_count(m.get("n_eval"))} test images; '
+        'robust = '
         'correct clean and after every attack</td></tr>'
         f'<tr><th>worst-case ASR [95% CI]</th><td class="num" data-metric="asr">{_e(with_ci(m, "asr"))}</td>'
         f'<td class="muted">strongest attack: {_e(s.tags.get("qshield.strongest_attack", "n/a"))}</td></tr>'
@@ -584,7 +588,8 @@ def _attack_table(s: ModelSection) -> str:
     for r in s.attack_rows:
         queries = (r.get("forward_per_example") or 0) + (r.get("backward_per_example") or 0)
         body.append(
-            f'<tr data-attack="{_e(r.get("attack"))}"><td>{_e(r.get("attack"))}</td><td class="num">{_eps255(r.get("eps"))}</td>'
+            f'<tr data-attack="{_e(r.get("attack"))}"><td>{_e(r.get("attack"))}</td>'
+            f'<td class="num">{_eps255(r.get("eps"))}</td>'
             f'<td class="num">{_fmt(r.get("n_attacked"))}/{_fmt(r.get("n_total"))}</td>'
             f'<td class="num">{_fmt(r.get("asr"))} [{_fmt(r.get("asr_ci_low"))}, {_fmt(r.get("asr_ci_high"))}]</td>'
             f'<td class="num">{_fmt(r.get("robust_accuracy"))} [{_fmt(r.get("robust_accuracy_ci_low"))}, '
@@ -595,7 +600,8 @@ def _attack_table(s: ModelSection) -> str:
     if wc:
         fooled = ", ".join(f"{k}: {v} ({wc.get('only_fooled_by', {}).get(k, 0)} only by it)"
                            for k, v in (wc.get("fooled_by") or {}).items())
-        extra = (f'<p class="muted">worst case over the suite: {_fmt(wc.get("n_robust"))} of {_fmt(wc.get("n_attacked"))} '
+        extra = (f'<p class="muted">worst case over the suite: {_fmt(wc.get("n_robust"))} of '
+                 f'{_fmt(wc.get("n_attacked"))} '
                  f'attacked images survive every attack; fooled by {_e(fooled)}</p>')
     return f"<table>{head}{''.join(body)}</table>{extra}"
 
@@ -617,7 +623,8 @@ def _masking(s: ModelSection) -> str:
     }
     verdict = ('<span class="ok">all checks passed</span>' if passed else
                '<span class="bad">a check failed: the robustness numbers may be inflated by gradient masking</span>')
-    return f"<p>{verdict}</p><table><tr><th>check</th><th>result</th><th>numbers</th></tr>{rows}</table>{_kv_table(numbers)}"
+    head = "<tr><th>check</th><th>result</th><th>numbers</th></tr>"
+    return f"<p>{verdict}</p><table>{head}{rows}</table>{_kv_table(numbers)}"
 
 
 def _gallery_table(g: GalleryData, names: Sequence[str]) -> str:
@@ -640,10 +647,12 @@ def _gallery_table(g: GalleryData, names: Sequence[str]) -> str:
             kc, kq, kca, kqa = (int(np.argmax(v)) for v in (pc, pq, pca, pqa))
             cells += (f"<td>{_e(name(kc))} ({pc[kc]:.2f}) → {_e(name(kca))} ({pca[kca]:.2f})</td>"
                       f"<td>{_e(name(kq))} ({pq[kq]:.2f}) → {_e(name(kqa))} ({pqa[kqa]:.2f})</td>"
-                      f'<td class="num">{g.fusion_weight[i]:.3f} → {g.fusion_weight_adv[i]:.3f}</td>')  # type: ignore[index]
+                      f'<td class="num">{g.fusion_weight[i]:.3f} → '  # type: ignore[index]
+                      f'{g.fusion_weight_adv[i]:.3f}</td>')  # type: ignore[index]
         body.append(f"<tr>{cells}</tr>")
     flipped = sum(int(a != y) for a, y in zip(g.adv_pred, g.labels, strict=True))
-    return (f'<p class="muted">{_e(g.attack)} at ε = {_eps255(g.eps)}: {flipped} of {len(g.indices)} images flipped</p>'
+    return (f'<p class="muted">{_e(g.attack)} at ε = {_eps255(g.eps)}: {flipped} of {len(g.indices)} images '
+            'flipped</p>'
             f"<table>{head}{''.join(body)}</table>")
 
 
@@ -655,8 +664,9 @@ def card_html(card: RobustnessCard, pngs: dict[str, bytes]) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>{_e(title)}</h1>",
-             f'<p class="muted">{_e(s.uri)} · trial run {_e(s.run_id)} · trial {_e(s.tags.get("qshield.trial_id", ""))} · '
-             f'dataset {_e(card.dataset)} · threat ε = {_eps255(card.threat_eps)}. Numbers are what the trial recorded '
+             f'<p class="muted">{_e(s.uri)} · trial run {_e(s.run_id)} · trial '
+             f'{_e(s.tags.get("qshield.trial_id", ""))} · dataset {_e(card.dataset)} · threat ε = '
+             f'{_eps255(card.threat_eps)}. Numbers are what the trial recorded '
              "(MLflow run metrics and artifacts); curves and gallery are recomputed from the registered weights on the "
              "trial's own test images.</p>"]
     parts.append("<h2>Headline</h2><div class='cols'>")
@@ -666,7 +676,8 @@ def card_html(card: RobustnessCard, pngs: dict[str, bytes]) -> str:
     parts.append("<h2>Configuration</h2><div class='cols'>")
     for sec in sections:
         parts.append(f"<div><h3>{_e(sec.label)}</h3><details open><summary>trial parameters</summary>"
-                     f"{_kv_table(sec.params)}</details><details><summary>model config (from the weights file)</summary>"
+                     f"{_kv_table(sec.params)}</details>"
+                     "<details><summary>model config (from the weights file)</summary>"
                      f"{_kv_table(sec.config)}</details></div>")
     parts.append("</div><h2>Attacks and their costs</h2><div class='cols'>")
     for sec in sections:
@@ -716,6 +727,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 __all__ = [
-    "CARD_DIR", "CARD_TAG", "CardResult", "GalleryData", "ModelRef", "ModelSection", "RobustnessCard", "build_card",
+    "CARD_DIR", "CARD_TAG", "CardResult", "GalleryData", "ModelSection", "RobustnessCard", "build_card",
     "card_html", "curve_eps", "make_card", "plot_branches", "plot_curves", "plot_gallery", "render_card", "with_ci",
 ]

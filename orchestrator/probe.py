@@ -133,7 +133,8 @@ def registry_choices(client: MlflowClient) -> list[ModelRef]:
     out: list[ModelRef] = []
     for registered in sorted(client.search_registered_models(), key=lambda m: m.name):
         aliases = dict(getattr(registered, "aliases", {}) or {})
-        versions = sorted(client.search_model_versions(f"name = '{quote(registered.name)}'"), key=lambda v: int(v.version))
+        versions = sorted(client.search_model_versions(f"name = '{quote(registered.name)}'"),
+                          key=lambda v: int(v.version))
         by_version = {str(v.version): v for v in versions}
         for alias, version in sorted(aliases.items(), key=lambda kv: (kv[0] != "champion", kv[0])):
             mv = by_version.get(str(version))
@@ -253,14 +254,18 @@ def partner_of(client: MlflowClient, ref: ModelRef) -> Partner | None:
         return None
     found = client.search_runs(
         [run.info.experiment_id],
-        filter_string=f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{quote(sweep)}' and tags.`{TRIAL}` = '{quote(trial)}'",
+        filter_string=(f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{quote(sweep)}' and "
+                       f"tags.`{TRIAL}` = '{quote(trial)}'"),
         max_results=1,
     )
     if not found or not found[0].data.tags.get("qshield.model_id"):
         return None
     run_id = found[0].info.run_id
-    versions = sorted(client.search_model_versions(f"run_id = '{quote(run_id)}'"), key=lambda v: (v.name, int(v.version)))
-    uri = f"models:/{versions[0].name}/{versions[0].version}" if versions else f"models:/{found[0].data.tags['qshield.model_id']}"
+    versions = sorted(client.search_model_versions(f"run_id = '{quote(run_id)}'"),
+                      key=lambda v: (v.name, int(v.version)))
+    # the registered version when there is one (its label says so), else the trial's LoggedModel
+    uri = (f"models:/{versions[0].name}/{versions[0].version}" if versions
+           else f"models:/{found[0].data.tags['qshield.model_id']}")
     return Partner(resolve_ref(client, uri), role, str(trial), str(arch))
 
 
@@ -333,7 +338,7 @@ def png_bytes(image: torch.Tensor | np.ndarray, *, scale: int = 1) -> bytes:
 
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-    pil = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0)))
+    pil = Image.fromarray(arr[0] if arr.shape[0] == 1 else np.ascontiguousarray(arr.transpose(1, 2, 0)))
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     buf = io.BytesIO()

@@ -164,6 +164,39 @@ def test_basic_auth_guards_every_request_when_configured(card_registry: dict[str
         assert status == 200 and password not in json.dumps(body)
 
 
+def test_the_app_command_serves_the_page_and_never_prints_the_password(card_registry: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    port, password = _free_port(), "s3cret-sentinel-4f1c"
+    env = {**os.environ, "QSHIELD_APP_USER": "ana", "QSHIELD_APP_PASSWORD": password, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "app", "--tracking-uri", card_registry["uri"],
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                status, _ = _request(url + "/")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "qshield app did not answer within 120 s"
+                time.sleep(0.5)
+        assert status == 401
+        auth = base64.b64encode(f"ana:{password}".encode()).decode()
+        status, page = _request(url + "/", headers={"Authorization": f"Basic {auth}"})
+        assert status == 200 and 'id="run"' in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert f"qshield app: http://127.0.0.1:{port}" in text and "basic auth as user 'ana'" in text
+    assert password not in text
+
+
 def test_uploads_are_validated_before_any_compute() -> None:
     with pytest.raises(InputError, match="not a PNG or JPEG image.*allowed: PNG or JPEG images up to 2 MB") as err:
         validate_upload(b"%PDF-1.7 this is not an image", "application/pdf")
@@ -197,7 +230,8 @@ def test_run_api_answers_with_the_models_own_outputs(card_registry: dict[str, An
     hybrid = _hybrid_uri(reg)
     status, listing = _request(site + "/api/models")
     assert status == 200
-    assert {f"models:/{MODEL_NAME}@champion", f"models:/{MODEL_NAME}@challenger", hybrid} <= {m["uri"] for m in listing["models"]}
+    offered = {m["uri"] for m in listing["models"]}
+    assert {f"models:/{MODEL_NAME}@champion", f"models:/{MODEL_NAME}@challenger", hybrid} <= offered
     assert [a["name"] for a in listing["attacks"]] == list(ATTACKS)
     status, images = _request(site + f"/api/test-images?model={hybrid}")
     assert status == 200 and images["hybrid"] and images["partner"]["label"].startswith("classical control")
@@ -318,7 +352,8 @@ def test_page_refuses_bad_uploads_with_a_clear_message(site: str, browser: Any, 
     text_file.write_text("these are my notes, not a picture\n")
     upload.send_keys(str(text_file))
     _wait(browser, lambda d: "refused" in message(d))
-    assert "not a PNG or JPEG image" in message(browser) and "allowed: PNG or JPEG images up to 2 MB" in message(browser)
+    assert "not a PNG or JPEG image" in message(browser)
+    assert "allowed: PNG or JPEG images up to 2 MB" in message(browser)
 
     big = tmp_path / "big.png"
     big.write_bytes(_png(64, 64) + os.urandom(MAX_UPLOAD_BYTES))

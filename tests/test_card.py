@@ -177,7 +177,8 @@ def test_asr_curves_are_measured_from_the_model(card_registry: dict[str, Any]) -
     recorded = next(c for label, c in curves.items() if "recorded" in label)
     shown = [(e, a) for e, a in zip(masking["eps_schedule"], masking["pgd_asr"]) if e <= max(own["eps"]) + 1e-9]
     assert len(shown) >= 2
-    assert recorded["eps"] == pytest.approx([e for e, _ in shown]) and recorded["asr"] == pytest.approx([a for _, a in shown])
+    assert recorded["eps"] == pytest.approx([e for e, _ in shown])
+    assert recorded["asr"] == pytest.approx([a for _, a in shown])
 
 
 def test_card_command_for_a_hybrid_writes_offline_and_logs(card_registry: dict[str, Any], tmp_path: Path,
