@@ -65,10 +65,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(format_summary(result))
     print(f"MLflow: {result.tracking_uri} (experiment {args.experiment!r}, parent run {result.parent_run_id})")
     if args.select:
-        from .tracking import SelectionError, select_champion
+        from .tracking import SelectionError
+        from .views import select_and_card
 
         try:
-            sel = select_champion(result.name, model_name=args.model_name,
+            sel = select_and_card(result.name, model_name=args.model_name,
                                   rule=None if args.select == "space" else args.select,
                                   experiment=args.experiment, tracking_uri=result.tracking_uri)
         except SelectionError as exc:
@@ -90,6 +91,9 @@ def describe_selection(sel: object) -> str:
         lines.append("  reloaded from the registry and re-evaluated: " + ", ".join(
             f"{k} logged {a:.4f} / now {b:.4f}" for k, (a, b) in sel.verified.items())
             + "; mlflow.pyfunc.load_model reproduces its probabilities")
+    card = getattr(sel, "card", None)
+    if card:
+        lines.append(f"  robustness card: {card} (MLflow: the run's artifacts, card/index.html)")
     return "\n".join(lines)
 
 

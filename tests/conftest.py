@@ -10,6 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+#: shared session fixtures: the registry of the card and app tests (built once for both modules)
+pytest_plugins = ["tests._card_registry"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_torch_thread():

@@ -1,5 +1,5 @@
-"""The ``qshield`` command: ``sweep``, ``select``, ``demo`` (the application) and ``train``, ``evaluate`` (the
-library's commands, from :mod:`qshield.cli`; ``train`` gains ``--from-run RUN_ID`` here, see
+"""The ``qshield`` command: ``sweep``, ``select``, ``card``, ``app``, ``demo`` (the application) and ``train``,
+``evaluate`` (the library's commands, from :mod:`qshield.cli`; ``train`` gains ``--from-run RUN_ID`` here, see
 :mod:`orchestrator.tracking`)."""
 
 from __future__ import annotations
@@ -26,19 +26,47 @@ def _weights(text: str) -> dict[str, float]:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from ..tracking import SelectionError, select_champion
-
     from ..run import describe_selection
+    from ..tracking import SelectionError
+    from ..views import select_and_card
 
     try:
-        sel = select_champion(args.sweep, model_name=args.model_name, rule=args.rule, weights=args.weights,
-                              primary=args.primary, accuracy_floor=args.accuracy_floor, experiment=args.experiment,
-                              tracking_uri=args.tracking_uri, verify=not args.no_verify)
+        sel = select_and_card(args.sweep, card=not args.no_card, model_name=args.model_name, rule=args.rule,
+                              weights=args.weights, primary=args.primary, accuracy_floor=args.accuracy_floor,
+                              experiment=args.experiment, tracking_uri=args.tracking_uri, verify=not args.no_verify)
     except (SelectionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(describe_selection(sel))
     print("objectives: " + ", ".join(f"{k}={v:.4f}" for k, v in sel.objectives.items()))
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from ..tracking import SelectionError
+    from ..views import make_card
+
+    try:
+        result = make_card(args.model, args.tracking_uri, out=args.out, log=not args.no_log, n_images=args.images,
+                           seed=args.seed)
+    except (SelectionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result.artifact_uri:
+        print(f"robustness card logged: {result.artifact_uri} (MLflow UI: the run's artifacts, card/index.html)")
+    if result.directory is not None:
+        print(f"robustness card written: {result.directory / 'index.html'}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from ..views import AppConfigError, serve
+
+    try:
+        serve(args.tracking_uri, host=args.host, port=args.port)
+    except AppConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -95,7 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="qshield", help="MLflow experiment (default: qshield)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-verify", action="store_true", help="skip reloading and re-evaluating the champion")
+    p.add_argument("--no-card", action="store_true", help="do not make the champion's robustness card")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("card", help="a registered model's robustness card (HTML + PNGs), logged to its run")
+    p.add_argument("model", help="models:/<name>@<alias>, models:/<name>/<version> or models:/<logged model id>")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--out", help="also write the card into this folder (index.html opens offline)")
+    p.add_argument("--no-log", action="store_true", help="do not log it to MLflow (needs --out)")
+    p.add_argument("--images", type=int, default=6, help="test images in the gallery (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the gallery's choice and the attacks (default 0)")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("app", help="a web page over the registry: pick a model, an image and an attack")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other address "
+                   "needs QSHIELD_APP_USER and QSHIELD_APP_PASSWORD: HTTP basic auth)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("demo", help="the offline demo: a real small sweep on mnist5k, local Ray, sqlite MLflow")
     p.add_argument("--workdir", default="qshield-demo", help="where results go (default: ./qshield-demo)")

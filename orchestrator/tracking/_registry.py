@@ -11,6 +11,7 @@ loaded safely (``torch.load(weights_only=True)``), the model re-evaluated on the
 the logged ones) and MLflow's own ``mlflow.pyfunc.load_model`` must reproduce the model's class probabilities on
 the input example. Only then does ``champion`` point at it (one alias call, so readers never see a half-made
 champion); a version that does not reproduce is tagged ``qshield.verification=failed`` and never aliased.
+The champion's robustness card is made above this layer (:mod:`orchestrator.views`).
 
 Selecting is idempotent: a run already registered under the model name reuses its version (two selections
 racing each other converge on the lowest version number; the other is deleted), so re-running ``select`` never
@@ -55,6 +56,7 @@ class Selection:
     challenger_version: str | None = None
     challenger_reason: str = ""
     verified: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (logged, re-evaluated)
+    card: str | None = None  # runs:/<run>/card/index.html of the champion's robustness card, None when not made
 
 
 def _finished_trials(tracker: SweepTracker) -> list[Any]:
@@ -106,7 +108,9 @@ def select_champion(
     """Pick, register, verify and alias the champion of ``sweep`` (see the module docstring).
 
     ``rule`` and ``accuracy_floor`` default to the sweep space's ``selection`` (recorded on its parent run),
-    else ``robust_floor`` with a floor of :data:`~orchestrator.scoring.DEFAULT_ACCURACY_FLOOR`.
+    else ``robust_floor`` with a floor of :data:`~orchestrator.scoring.DEFAULT_ACCURACY_FLOOR`. The champion's
+    robustness card is made by the layer above (:func:`orchestrator.views.select_and_card`, which ``qshield select``,
+    ``--select`` and ``qshield demo`` use).
     """
     tracker = SweepTracker(sweep, experiment, tracking_uri)
     if tracker.client.get_experiment_by_name(experiment) is None:

@@ -16,7 +16,7 @@ from ._cost import AdversaryCost, QueryCounter
 from ._eot import EOTWrapper
 from ._imports import import_torchattacks, model_device
 from ._preset import ALLOW_UNREACHABLE_PARAM, EOT_PARAM, AttackPreset, EotMode, Norm, Param
-from ._registry import ATTACKS, DEFAULT_EPS, available_attacks, get_preset, resolve_eps
+from ._registry import ATTACKS, DEFAULT_EPS, available_attacks, check_dataset, check_eps, get_preset, resolve_eps
 
 __all__ = [
     "ALLOW_UNREACHABLE_PARAM",
@@ -33,6 +33,8 @@ __all__ = [
     "QueryCounter",
     "available_attacks",
     "build_attack",
+    "check_dataset",
+    "check_eps",
     "get_preset",
     "import_torchattacks",
     "model_device",
