@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from .lease import LeaseLostError, SweepLeaseError
     from .space import SpaceError, load_space
     from .sweep import SweepSetupError, format_summary, run_sweep
 
@@ -57,9 +58,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = run_sweep(space, name=args.name, storage_path=args.storage_path, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, num_cpus=args.num_cpus)
-    except SweepSetupError as exc:
+    except (SweepSetupError, SweepLeaseError) as exc:  # issue 15: refused (2) or the sweep's lease lost (1)
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, LeaseLostError) else 2
     print(format_summary(result))
     print(f"MLflow: {result.tracking_uri} (experiment {args.experiment!r}, parent run {result.parent_run_id})")
     if args.select:

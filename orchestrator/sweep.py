@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .lease import SweepLease
 from .scoring import NoFeasiblePointError, choose, knee_point, pareto_front
 from .space import Arch, SweepSpace, make_tune_config, to_tune_param_space
-from .tracking import SweepTracker, TrackingError
+from .tracking import SweepTracker, TrackingError, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +114,31 @@ def run_sweep(
     Restore-or-start: when ``<storage_path>/<name>`` holds a Tune experiment, it is restored (finished trials
     kept, unfinished ones resumed from their last checkpoint, errored ones retried); otherwise a new one starts.
     MLflow runs are found again by tags, so a resumed sweep never duplicates them.
+
+    One live driver per sweep name (:mod:`orchestrator.lease`): the sweep's lease is taken after the storage check
+    and before the tracking store or Ray is touched (:class:`~orchestrator.lease.LeaseHeldError` when another live
+    driver holds it), and given back when this function ends, also on an exception.
     """
-    from ray import tune
-
-    from .callbacks import MLflowTrialCallback
-    from .trainable import qshield_trainable
-
     name = name or space.name
     storage = storage_path or space.resolved_storage_path()
     if "://" not in storage:
         storage = os.path.abspath(os.path.expanduser(storage))
     check_storage(storage)
+    # issue 15: one live driver per sweep name; released on every exit (a SIGKILLed driver's lease expires)
+    with SweepLease.for_sweep(name, storage, tracking_uri=resolve_tracking_uri(tracking_uri)) as lease:
+        return _run_leased(space, name, storage, lease, tracking_uri, experiment, num_cpus, verbose)
+
+
+def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, tracking_uri: str | None,
+                experiment: str, num_cpus: int | None, verbose: int) -> SweepResult:
+    """:func:`run_sweep` once the sweep's lease is held."""
+    from ray import tune
+
+    from .callbacks import MLflowTrialCallback
+    from .trainable import qshield_trainable
+
     tracker = SweepTracker(name, experiment, tracking_uri)
+    lease.check_parent_run(tracker)  # issue 15: refuse a RUNNING parent fed from another storage path
     parent = tracker.parent_run_id(params={"space": space.to_dict()})
     study_storage = optuna_storage(tracker.tracking_uri)
     tracker.set_tags(
@@ -137,6 +151,7 @@ def run_sweep(
             "qshield.storage_path": storage,
             "qshield.optuna_study": name,
             "qshield.optuna_storage": redact_url(study_storage) if study_storage else "in memory",
+            **lease.tags(),  # issue 15: the driver holding the sweep
         },
     )
     # Per-epoch reports carry training metrics only; the objectives arrive with the final report, which is all

@@ -28,6 +28,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from .lease import check_lease
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -149,6 +151,7 @@ class SweepTracker:
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        check_lease(self.sweep)  # issue 15: a driver that lost its sweep's lease writes nothing more
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
