@@ -56,6 +56,7 @@ from orchestrator.lease import (
 )
 from orchestrator.tracking import PARENT, TRIAL, SweepTracker
 from tests import test_sweep as shared
+from tests import test_faults as faults
 from tests.test_faults import MlflowServer, _no_sweep_may_start, fault_space
 from tests.test_sweep import (
     BIN,
@@ -70,8 +71,11 @@ from tests.test_sweep import (
     write_space,
 )
 
+# fixtures of test_sweep.py / test_faults.py, registered here: `env` (private cwd, sqlite store, Tune storage,
+# no inherited RAY_ADDRESS), the autouse `no_ray_left`, and `mlflow_server` (a real `mlflow server` process)
 env = shared.env
 no_ray_left = shared.no_ray_left
+mlflow_server = faults.mlflow_server
 
 log = logging.getLogger(__name__)
 
@@ -369,3 +373,349 @@ def test_bad_lease_settings_are_refused_before_anything_runs(
     lease = SweepLease.for_sweep("x", "s3://bucket/ray_results", settings=off)
     assert lease.tags() == {"qshield.lease": "none"} and lease.path is None
     lease.release()
+
+
+#: a sweep driver's first contact with its tracking store (``SweepTracker``: the client, then the experiment),
+#: released by a go file so that several processes do it at the same instant
+FIRST_CONTACT = r"""
+import sys, time
+from pathlib import Path
+from orchestrator.tracking import SweepTracker
+go, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+print("READY", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+print("EXPERIMENT", SweepTracker(name, "qshield-test", uri).experiment_id, flush=True)
+"""
+
+
+def test_drivers_started_together_on_a_fresh_sqlite_store_create_it_once(tmp_path: Path) -> None:
+    """Found by the two-names test below: the first ``MlflowClient`` of a new sqlite store creates its tables, and
+    processes doing that at the same instant fail (measured without the lock, four at once: 3 and 4 of the 4 failed
+    with ``duplicate column name: step``, ``table _alembic_tmp_model_versions already exists`` or alembic's
+    ``Online migration expected to match one row``). With the store created under a file lock
+    (``orchestrator.tracking.mlflow_client``) all three here open it, and agree on one experiment (created once,
+    found by the others or, when they race to create it, taken from the winner)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    go = tmp_path / "go"
+    outs = [tmp_path / f"first-{i}.out" for i in range(3)]
+    procs = []
+    for i, out in enumerate(outs):
+        with out.open("w") as f:
+            procs.append(subprocess.Popen([sys.executable, "-c", FIRST_CONTACT, str(go), uri, f"s{i}"], stdout=f,
+                                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
+    try:
+        deadline = time.monotonic() + 120
+        while not all("READY" in o.read_text() for o in outs):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [o.read_text() for o in outs]
+            time.sleep(0.05)
+        go.touch()
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [o.read_text() for o in outs]
+    assert codes == [0] * 3, "\n---\n".join(texts)
+    experiments = {re.search(r"EXPERIMENT (\S+)", t).group(1) for t in texts}
+    assert len(experiments) == 1, texts  # one experiment, created once (the others found it)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# real sweeps: drivers attached to a Ray cluster
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """``ray start --head --block`` (4 CPUs, no dashboard, token authentication): the cluster the drivers attach to
+    through ``RAY_ADDRESS``, as ``ray job submit`` and KubeRay run them (and one Ray start for all the sweeps here).
+    Yields the drivers' environment. Its processes are ended by pid (``tests/test_sweep.py``'s helpers)."""
+    temp_dir = tempfile.mkdtemp(prefix="qslease-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    gcs = free_port()
+    ray_env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), PYTHONPATH=str(ROOT))
+    head_log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    with head_log.open("w") as out:
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--port", str(gcs),
+             "--include-dashboard", "false", "--ray-client-server-port", str(free_port()), "--temp-dir", temp_dir,
+             "--disable-usage-stats"], env=ray_env, stdout=out, stderr=subprocess.STDOUT)
+    recorded: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in head_log.read_text():
+            assert head.poll() is None, f"ray start exited {head.returncode}:\n{head_log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, "ray start --head did not finish in 180 s"
+            time.sleep(0.5)
+        yield {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
+    finally:
+        recorded |= descendants(head.pid)
+        head.send_signal(signal.SIGTERM)  # --block: the head stops the processes it started
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        kill_recorded(recorded)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def driver_cmd(space_file: Path, storage: Path, uri: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.run", "--space", str(space_file), "--storage-path", str(storage),
+            "--tracking-uri", uri, "--experiment", EXPERIMENT, *extra]
+
+
+def start(cmd: list[str], log_file: Path, env_: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log_file.open("w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env_, stdout=out, stderr=subprocess.STDOUT)
+
+
+def registry_versions(uri: str, model: str) -> list[Any]:
+    return MlflowClient(uri).search_model_versions(f"name = '{model}'")
+
+
+def created_versions(database: Path, model: str) -> int:
+    """How many versions of ``model`` were ever created in a sqlite store, deleted ones included (MLflow keeps a
+    deleted version's row, marked ``Deleted_Internal``): above the kept count, the duplicates a race created and
+    removed. A figure only."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        return int(db.execute("select count(*) from model_versions where name = ?", (model,)).fetchone()[0])
+
+
+#: ``qshield select`` (``orchestrator.cli.main``) in a process that first selects once under a model name of its
+#: own (imports, the store's engine and the sweep's runs all warm), then waits for a go file, so that several of
+#: them select at the same instant
+SELECT = r"""
+import sys, time
+from pathlib import Path
+from orchestrator.cli import main
+go, warm, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+assert main([*argv, "--model-name", warm]) == 0
+print("READY", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+sys.exit(main(argv))
+"""
+
+
+def select_at_once(tmp: Path, argv: list[str], count: int, env_: dict[str, str]) -> list[str]:
+    """Run ``qshield select ARGV`` in ``count`` processes released at once; their outputs (each must exit 0)."""
+    go = tmp / f"select-go-{uuid.uuid4().hex[:6]}"
+    outs = [tmp / f"select-{i}-{go.name}.out" for i in range(count)]
+    procs = []
+    for i, out in enumerate(outs):
+        with out.open("w") as f:
+            procs.append(subprocess.Popen([sys.executable, "-c", SELECT, str(go), f"warm-{go.name}-{i}", "select",
+                                           *argv], cwd=ROOT, env=env_, stdout=f, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 120
+        while not all("READY" in out.read_text() for out in outs):
+            assert all(p.poll() is None for p in procs), "\n".join(o.read_text() for o in outs)
+            assert time.monotonic() < deadline, "select processes not ready in 120 s"
+            time.sleep(0.05)
+        go.touch()
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [o.read_text() for o in outs]
+    assert [p.returncode for p in procs] == [0] * count, "\n---\n".join(texts)
+    return texts
+
+
+def test_one_name_two_drivers_at_once_one_refused_then_sigkill_takeover_after_expiry_and_resume(
+    env: dict[str, Any], ray_head: dict[str, str]
+) -> None:
+    """The issue's case. (1) The same command twice at once: one driver runs, the other exits 2 before starting
+    Ray, naming the running driver. (2) The running driver is SIGKILLed once Tune has recorded a finished trial:
+    its lease stays behind, held. (3) The same command again, from another machine (its own UTS namespace; on
+    this machine when none can be made): it watches the dead driver's lease for its expiry (4 s), takes it over,
+    resumes the sweep (the finished trial is not run again) and selects a champion. (4) Nothing merged or
+    duplicated: one Tune experiment with the sweep's trials, one MLflow parent run, one nested run per trial, one
+    registry version per run. (5) ``qshield select`` three times at once under a new model name, then once more:
+    every selection reports the same champion (and challenger), each run is registered once, the aliases point at
+    those versions."""
+    name, n = "one-driver", 2
+    space_file = write_space(env["tmp"] / "one.yaml", fault_space(name, num_samples=n, max_concurrent=1))
+    exp_dir, lease_dir = env["storage"] / name, env["storage"] / LEASE_DIRNAME / name
+    cmd = driver_cmd(space_file, env["storage"], env["uri"], "--select", "knee")
+    driver_env = {**ray_head, "QSHIELD_LEASE_HEARTBEAT_S": "0.5", "QSHIELD_LEASE_EXPIRY_S": "4",
+                  "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    figures: dict[str, Any] = {}
+
+    # (1) twice at once
+    logs = [env["tmp"] / f"driver-{i}.log" for i in (1, 2)]
+    began = time.monotonic()
+    drivers = [start(cmd, log_file, driver_env) for log_file in logs]
+    try:
+        deadline = time.monotonic() + 240
+        while all(d.poll() is None for d in drivers):
+            assert time.monotonic() < deadline, "neither driver was refused:\n" + logs[0].read_text()[-3000:]
+            time.sleep(0.1)
+        figures["second_driver_refused_s"] = round(time.monotonic() - began, 1)
+        (loser,) = [d for d in drivers if d.poll() is not None]
+        (winner,) = [d for d in drivers if d is not loser]
+        loser_log = logs[drivers.index(loser)].read_text()
+        assert loser.returncode == 2, loser_log[-4000:]
+        errors = [line for line in loser_log.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, loser_log[-4000:]
+        assert errors[0].startswith(
+            f"error: sweep '{name}' is already running: its driver is pid {winner.pid} on host "
+            f"{socket.gethostname()!r} (Ray: {ray_head['RAY_ADDRESS']}), started "), errors[0]
+        assert f"storage {env['storage']}; tracking {env['uri']}; lease {lease_dir / 'lease-000000001.json'}" \
+            in errors[0]
+        assert "Run the same command again once it ends to resume the sweep." in errors[0]
+        assert "Connecting to existing Ray cluster" not in loser_log and "Sweep '" not in loser_log
+
+        # (2) SIGKILL the running driver once a trial has finished
+        deadline = time.monotonic() + 300
+        while "TERMINATED" not in (states := tune_trial_states(exp_dir)).values():
+            assert winner.poll() is None, "driver ended before it was killed:\n" + \
+                logs[drivers.index(winner)].read_text()[-4000:]
+            assert time.monotonic() < deadline, "no trial finished in 300 s"
+            time.sleep(0.3)
+        winner.send_signal(signal.SIGKILL)
+        winner.wait(timeout=30)
+        killed = time.monotonic()
+    finally:
+        for d in drivers:
+            if d.poll() is None:
+                d.kill()
+                d.wait()
+    finished_before = {tid for tid, s in states.items() if s == "TERMINATED"}
+    assert 1 <= len(finished_before) < n, states
+    left = current_holder(lease_dir)
+    assert left["pid"] == winner.pid and left["state"] == "held" and set(generations(lease_dir)) == {1}
+    rows_before = shared.result_rows(exp_dir)
+
+    # (3) the same command from another machine: takeover after the expiry, resume, select
+    third_log = env["tmp"] / "driver-3.log"
+    third = start(on_machine("lease-test-third" if UTS else None, cmd), third_log, driver_env)
+    try:
+        while 2 not in generations(lease_dir):
+            assert third.poll() is None, third_log.read_text()[-4000:]
+            time.sleep(0.05)
+        figures["taken_over_after_sigkill_s"] = round(time.monotonic() - killed, 1)
+        third.wait(timeout=420)
+    finally:
+        if third.poll() is None:
+            third.kill()
+            third.wait()
+    out = third_log.read_text()
+    assert third.returncode == 0, out[-6000:]
+    if UTS:
+        watched = re.search(r"lease generation 2 taken \(.*\) after watching the previous holder for ([\d.]+) s", out)
+        assert watched and float(watched.group(1)) >= 4.0, out[:3000]  # never before the holder's expiry
+        figures["watched_s"] = float(watched.group(1))
+    else:
+        assert "is gone; taking its lease over" in out, out[:3000]
+    assert f"resuming sweep {name}" in out
+    assert f"Sweep '{name}': {n} finished, 0 stopped early, 0 failed" in out
+    assert f"champion: models:/qshield-{name}@champion" in out
+
+    # (4) nothing merged, nothing duplicated
+    rows = shared.result_rows(exp_dir)
+    assert len(rows) == n and all(rs[-1].get("final") for rs in rows.values())
+    for tid in finished_before:  # not run again
+        assert rows[tid] == rows_before[tid]
+    # one experiment's trials; besides them only, possibly, the empty directory of a trial the killed driver had
+    # just started after Tune's last snapshot of its state (Tune's restore suggests that trial afresh)
+    trial_dirs = [p for p in exp_dir.iterdir() if p.is_dir() and p.name.startswith("qshield_trainable")]
+    assert len([p for p in trial_dirs if (p / "result.json").exists()]) == n
+    assert all(not any(p.iterdir()) for p in trial_dirs if not (p / "result.json").exists()), trial_dirs
+    parents, trials = runs_of(env["uri"], name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [r.data.tags[TRIAL] for r in trials]
+    assert sorted(ids) == sorted(rows) and len(set(ids)) == n
+    assert all(r.info.status == "FINISHED" and r.data.tags[PARENT] == parents[0].info.run_id for r in trials)
+    tags = parents[0].data.tags
+    assert re.fullmatch(rf"pid \d+ on host {'lease-test-third' if UTS else re.escape(socket.gethostname())} "
+                        rf"\(Ray: {re.escape(ray_head['RAY_ADDRESS'])}\)", tags["qshield.driver"]), tags
+    assert tags["qshield.lease"] == str(lease_dir)
+    versions = registry_versions(env["uri"], f"qshield-{name}")
+    assert versions and len(versions) == len({v.run_id for v in versions})
+    assert set(generations(lease_dir)) == {2} and current_holder(lease_dir)["state"] == "released"
+
+    # (5) `qshield select` racing itself, under a new model name: every racer creates the registered model and a
+    # version of the champion's run at the same moment
+    from orchestrator.registry import select_champion
+
+    argv = ["--sweep", name, "--experiment", EXPERIMENT, "--tracking-uri", env["uri"], "--model-name",
+            "qshield-race", "--no-verify"]
+    texts = select_at_once(env["tmp"], argv, 3, {**ray_head, "MLFLOW_TRACKING_URI": env["uri"]})
+    picks = set()
+    for text in texts:
+        champion = re.search(r"@champion = version (\d+) \(trial \S+, run (\w+),", text)
+        challenger = re.search(r"@challenger = version (\d+)", text)
+        assert champion, text
+        picks.add((*champion.groups(), challenger.group(1) if challenger else None))
+    assert len(picks) == 1, texts  # all three report the same champion (and challenger, if any)
+    ((champion, champion_run, challenger),) = picks
+    client = MlflowClient(env["uri"])
+    versions = registry_versions(env["uri"], "qshield-race")
+    assert len(versions) == len({v.run_id for v in versions}) == (2 if challenger else 1), \
+        [(v.version, v.run_id) for v in versions]
+    assert {str(v.version): v.run_id for v in versions}[champion] == champion_run
+    assert str(client.get_model_version_by_alias("qshield-race", "champion").version) == champion
+    if challenger:
+        assert str(client.get_model_version_by_alias("qshield-race", "challenger").version) == challenger
+    again = select_champion(name, model_name="qshield-race", experiment=EXPERIMENT, tracking_uri=env["uri"],
+                            verify=False)
+    assert str(again.version) == champion  # selecting again added nothing:
+    assert {str(v.version) for v in registry_versions(env["uri"], "qshield-race")} == {str(v.version) for v in versions}
+    figures["race"] = {"versions_kept": sorted(int(v.version) for v in versions),
+                       "versions_created": created_versions(env["tmp"] / "mlflow.db", "qshield-race")}
+    log.info("one name, two drivers: %s", figures)
+
+
+def test_two_names_at_once_on_one_sqlite_store_and_on_an_mlflow_server(
+    env: dict[str, Any], ray_head: dict[str, str], mlflow_server: MlflowServer
+) -> None:
+    """Four drivers at once on one cluster and one storage path: sweeps ``sq-a`` and ``sq-b`` into a new sqlite
+    store, ``srv-a`` and ``srv-b`` into a real ``mlflow server``. All complete; each store holds exactly its two
+    sweeps, each sweep one parent run with exactly its own trials, and each name its own lease. (Registries: one
+    model per sweep name, ``qshield-<name>``; the same-name case above is where they crossed.)"""
+    mlflow_server.start()
+    stores = {"sq-a": env["uri"], "sq-b": env["uri"], "srv-a": mlflow_server.uri, "srv-b": mlflow_server.uri}
+    n = 1
+    procs, logs = {}, {}
+    began = time.monotonic()
+    try:
+        for name, uri in stores.items():
+            space_file = write_space(env["tmp"] / f"{name}.yaml", fault_space(name, num_samples=n))
+            logs[name] = env["tmp"] / f"{name}.log"
+            procs[name] = start(driver_cmd(space_file, env["storage"], uri), logs[name],
+                                {**ray_head, "QSHIELD_LEASE_HEARTBEAT_S": "0.5", "QSHIELD_LEASE_EXPIRY_S": "4"})
+        for p in procs.values():
+            p.wait(timeout=480)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    elapsed = time.monotonic() - began
+    for name, p in procs.items():
+        assert p.returncode == 0, f"{name}:\n" + logs[name].read_text()[-5000:]
+        assert f"Sweep '{name}': {n} finished, 0 stopped early, 0 failed" in logs[name].read_text()
+
+    for uri in (env["uri"], mlflow_server.uri):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        everything = client.search_runs([exp.experiment_id], max_results=1000)
+        mine = {name for name, u in stores.items() if u == uri}
+        assert {r.data.tags.get("qshield.sweep") for r in everything} == mine  # nothing of the other store
+        for name in mine:
+            parents, trials = runs_of(uri, name)
+            assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+            tune_ids = set(shared.result_rows(env["storage"] / name))
+            ids = [r.data.tags[TRIAL] for r in trials]
+            assert len(ids) == len(set(ids)) == n and set(ids) == tune_ids
+            assert all(r.data.tags[PARENT] == parents[0].info.run_id for r in trials)
+            assert current_holder(env["storage"] / LEASE_DIRNAME / name)["state"] == "released"
+    assert sorted(p.name for p in (env["storage"] / LEASE_DIRNAME).iterdir()) == sorted(stores)
+    log.info("two names at once on two stores: 4 sweeps of %d trials in %.0f s", n, elapsed)
