@@ -375,6 +375,63 @@ def test_bad_lease_settings_are_refused_before_anything_runs(
     lease.release()
 
 
+def test_qshield_demo_started_while_one_runs_is_refused(tmp_path: Path, holders: list[Holder]) -> None:
+    """The issue's first report: ``qshield demo`` started while a demo runs in the same folder. The running one is
+    a process holding the demo's lease (what a running demo holds); the second exits 2 with the refusal, prints no
+    MLflow hints, and writes nothing: no tracking store, no Tune experiment."""
+    workdir = tmp_path / "qshield-demo"
+    holder = Holder(tmp_path, "mnist5k-demo", workdir / "ray_results" / LEASE_DIRNAME / "mnist5k-demo")
+    holders.append(holder)
+    holder.line("HELD")
+    demo = subprocess.run([sys.executable, "-m", "orchestrator.cli", "demo", "--workdir", str(workdir)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**clean_env(PYTHONPATH=str(ROOT)), "MLFLOW_TRACKING_URI": ""})
+    assert demo.returncode == 2, demo.stdout + demo.stderr
+    assert demo.stderr.strip().splitlines()[-1].startswith(
+        f"error: sweep 'mnist5k-demo' is already running: its driver is pid {holder.pid} on host "), demo.stderr
+    assert "Open the MLflow UI" not in demo.stdout
+    assert sorted(p.name for p in workdir.iterdir()) == ["ray_results"]
+    assert sorted(p.name for p in (workdir / "ray_results").iterdir()) == [LEASE_DIRNAME]
+
+
+def test_one_name_on_two_storage_paths_is_refused_while_its_parent_run_is_running(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two storage paths mean two leases, but one tracking store means one MLflow parent run. A driver on storage
+    A gets as far as starting Ray (refused here by a guard, as if it died there): its parent run stays ``RUNNING``
+    with A's storage and lease recorded. The same sweep on storage B is refused before Ray, naming A and the
+    driver recorded on the run; on A it resumes (gets past the checks to Ray again). Each driver gave its lease
+    back on the way out."""
+    from orchestrator.sweep import run_sweep
+
+    _no_sweep_may_start(monkeypatch)
+    from orchestrator.space import parse_space
+
+    space = parse_space(fault_space("dual"), source="<test>")
+    a, b = env["tmp"] / "storage-a", env["tmp"] / "storage-b"
+    with pytest.raises(AssertionError, match="Ray was started"):
+        run_sweep(space, storage_path=str(a), tracking_uri=env["uri"], experiment=EXPERIMENT)
+    (parent,), _ = runs_of(env["uri"], "dual")
+    assert parent.info.status == "RUNNING" and parent.data.tags["qshield.storage_path"] == str(a)
+    assert parent.data.tags["qshield.lease"] == str(a / LEASE_DIRNAME / "dual")
+    assert current_holder(a / LEASE_DIRNAME / "dual")["state"] == "released"
+
+    with pytest.raises(LeaseHeldError) as refused:
+        run_sweep(space, storage_path=str(b), tracking_uri=env["uri"], experiment=EXPERIMENT)
+    message = str(refused.value)
+    assert message.startswith(f"sweep 'dual': its MLflow parent run {parent.info.run_id} in experiment "
+                              f"'{EXPERIMENT}' at {env['uri']} is RUNNING with its Tune state in "
+                              f"storage_path={str(a)!r}, not {str(b)!r} (driver pid {os.getpid()} on host "), message
+    assert f"resume it with --storage-path {a} (it is refused while that driver runs), or give this sweep another " \
+           f"--name" in message
+    assert current_holder(b / LEASE_DIRNAME / "dual")["state"] == "released"
+    assert not (b / "dual").exists()
+    with pytest.raises(AssertionError, match="Ray was started"):  # on A: past the checks, as a resume
+        run_sweep(space, storage_path=str(a), tracking_uri=env["uri"], experiment=EXPERIMENT)
+    (parent,), _ = runs_of(env["uri"], "dual")
+    assert parent.data.tags["qshield.storage_path"] == str(a)
+
+
 #: a sweep driver's first contact with its tracking store (``SweepTracker``: the client, then the experiment),
 #: released by a go file so that several processes do it at the same instant
 FIRST_CONTACT = r"""
