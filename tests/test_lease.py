@@ -368,6 +368,8 @@ def test_bad_lease_settings_are_refused_before_anything_runs(
     assert not (env["storage"] / LEASE_DIRNAME).exists() or not any((env["storage"] / LEASE_DIRNAME).iterdir())
 
     # QSHIELD_LEASE_DIR=none: no lease (for object stores without a shared directory), said in the log and tags
+    with pytest.raises(LeaseConfigError, match=f"set {ENV_DIR} to a directory every driver of the sweep shares"):
+        lease_directory("x", "s3://bucket/ray_results", LeaseSettings())
     off = LeaseSettings(directory="none")
     assert lease_directory("x", "s3://bucket/ray_results", off) is None
     lease = SweepLease.for_sweep("x", "s3://bucket/ray_results", settings=off)
@@ -728,6 +730,45 @@ def test_one_name_two_drivers_at_once_one_refused_then_sigkill_takeover_after_ex
     figures["race"] = {"versions_kept": sorted(int(v.version) for v in versions),
                        "versions_created": created_versions(env["tmp"] / "mlflow.db", "qshield-race")}
     log.info("one name, two drivers: %s", figures)
+
+
+def test_a_running_driver_whose_lease_is_taken_stops(env: dict[str, Any], ray_head: dict[str, str],
+                                                     holders: list[Holder]) -> None:
+    """A real driver on the cluster; once its first trial has reported an epoch, another process takes the lease
+    by force. The driver stops within its heartbeat: exit status 1 with the reason, the parent run left ``RUNNING``
+    (not summarised, not finished), no trial run finished after the loss."""
+    name = "taken"
+    space_file = write_space(env["tmp"] / "taken.yaml",
+                             fault_space(name, num_samples=1, parameters={"epochs": 20}))
+    log_file = env["tmp"] / "taken.log"
+    driver = start(driver_cmd(space_file, env["storage"], env["uri"]), log_file,
+                   {**ray_head, "QSHIELD_LEASE_HEARTBEAT_S": "0.5", "QSHIELD_LEASE_EXPIRY_S": "4"})
+    try:
+        deadline = time.monotonic() + 300
+        while not any(not r.get("final") for rs in shared.result_rows(env["storage"] / name).values() for r in rs):
+            assert driver.poll() is None, log_file.read_text()[-4000:]
+            assert time.monotonic() < deadline, "no epoch reported in 300 s"
+            time.sleep(0.2)
+        thief = Holder(env["tmp"], name, env["storage"] / LEASE_DIRNAME / name, hb=0.5, exp=4.0, take=True)
+        holders.append(thief)
+        thief.line("HELD")
+        taken = time.monotonic()
+        driver.wait(timeout=120)
+        stopped_s = time.monotonic() - taken
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    out = log_file.read_text()
+    assert driver.returncode == 1, out[-5000:]
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert errors and errors[-1].startswith(f"error: sweep '{name}': this driver lost its lease (generation 2 was "
+                                            f"taken by pid {thief.pid} on host "), out[-5000:]
+    (parent,), trials = runs_of(env["uri"], name)
+    assert parent.info.status == "RUNNING" and "trials_finished" not in parent.data.metrics
+    assert [r.info.status for r in trials] == ["RUNNING"]  # 20 epochs: it was still training, and stays unfinished
+    assert thief.proc.poll() is None and current_holder(env["storage"] / LEASE_DIRNAME / name)["pid"] == thief.pid
+    log.info("a driver whose lease was taken exited %.1f s after the new holder had it", stopped_s)
 
 
 def test_two_names_at_once_on_one_sqlite_store_and_on_an_mlflow_server(
