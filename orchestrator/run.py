@@ -4,7 +4,8 @@
 
 ``ray.init()`` attaches to the cluster in ``$RAY_ADDRESS`` (set by ``ray job submit`` and KubeRay) and starts a
 local Ray otherwise. Restore-or-start by sweep name: re-running the same command (or a retried RayJob) resumes the
-sweep from ``<storage_path>/<name>``. The MLflow tracking URI comes from ``--tracking-uri``,
+sweep from ``<storage_path>/<name>``; while another driver of the sweep runs, it exits 2 naming that driver
+(:mod:`orchestrator.lease`). The MLflow tracking URI comes from ``--tracking-uri``,
 ``$MLFLOW_TRACKING_URI``, or ``sqlite:///mlflow.db`` in the working directory.
 """
 

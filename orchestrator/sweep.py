@@ -1,7 +1,8 @@
 """Run a sweep: validate, attach to (or start) Ray, restore-or-start the Tuner, fit, score, log the summary.
 
 Everything that can be checked is checked before Ray starts: the space (already validated on load), the storage
-path (writable, enough free space), and the MLflow tracking store (the parent run is created or found first).
+path (writable, enough free space), the sweep's lease (one live driver per sweep name, :mod:`orchestrator.lease`)
+and the MLflow tracking store (the parent run is created or found first).
 """
 
 from __future__ import annotations
