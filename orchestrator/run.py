@@ -4,7 +4,8 @@
 
 ``ray.init()`` attaches to the cluster in ``$RAY_ADDRESS`` (set by ``ray job submit`` and KubeRay) and starts a
 local Ray otherwise. Restore-or-start by sweep name: re-running the same command (or a retried RayJob) resumes the
-sweep from ``<storage_path>/<name>``. The MLflow tracking URI comes from ``--tracking-uri``,
+sweep from ``<storage_path>/<name>``; while another driver of the sweep runs, it exits 2 naming that driver
+(:mod:`orchestrator.lease`). The MLflow tracking URI comes from ``--tracking-uri``,
 ``$MLFLOW_TRACKING_URI``, or ``sqlite:///mlflow.db`` in the working directory.
 """
 
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from .space import SpaceError, load_space, replace_space
+    from .lease import LeaseLostError, SweepLeaseError
     from .runtime import SweepSetupError, format_summary, run_sweep
+    from .space import SpaceError, load_space, replace_space
 
     try:
         space = load_space(args.space)
@@ -59,9 +61,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = run_sweep(space, name=args.name, storage_path=args.storage_path, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, num_cpus=args.num_cpus)
-    except SweepSetupError as exc:
+    except (SweepSetupError, SweepLeaseError) as exc:  # issue 15: refused (2) or the sweep's lease lost (1)
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, LeaseLostError) else 2
     print(format_summary(result))
     print(f"MLflow: {result.tracking_uri} (experiment {args.experiment!r}, parent run {result.parent_run_id})")
     if args.select:

@@ -3,7 +3,7 @@ recorded in MLflow is re-run exactly by ``qshield train --from-run RUN_ID``.
 
 The trial is a real :func:`orchestrator.trial.run_trial` on sklearn digits (200 training / 40 test images, a
 hybrid small CNN + 4-qubit noisy circuit, 5 epochs, FGSM and 3-step PGD on 16 images). It is logged into a
-sqlite MLflow store by the sweep's own :class:`~orchestrator.callbacks.MLflowTrialCallback` (the Tune callback,
+sqlite MLflow store by the sweep's own :class:`~orchestrator.runtime.MLflowTrialCallback` (the Tune callback,
 driven here by hand with a stand-in for Tune's ``Trial`` that carries the id, config, last result and checkpoint,
 so no Ray cluster is started), exactly as a sweep logs it: params, per-epoch and final metrics, and the ``model``
 artifact directory. ``--from-run`` is run in a fresh Python process, so the re-run shares nothing with the

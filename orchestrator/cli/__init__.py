@@ -84,6 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model_name="qshield-demo",
     )
     code = run_from_args(sweep_args)
+    if code == 2:  # refused before anything ran (bad input, or the demo already running: issue 15)
+        return code
     print()
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     print("Open the MLflow UI on these results:")

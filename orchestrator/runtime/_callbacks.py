@@ -9,6 +9,7 @@ from typing import Any
 
 from ray import tune
 
+from ..lease import check_lease
 from ..tracking import SweepTracker
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class MLflowTrialCallback(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self.tracker.parent_run_id()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        check_lease(self.tracker.sweep)  # issue 15: a driver that lost its sweep's lease stops its Tune loop
 
     def _run(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:

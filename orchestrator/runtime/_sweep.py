@@ -1,7 +1,8 @@
 """Run a sweep: validate, attach to (or start) Ray, restore-or-start the Tuner, fit, score, log the summary.
 
 Everything that can be checked is checked before Ray starts: the space (already validated on load), the storage
-path (writable, enough free space), and the MLflow tracking store (the parent run is created or found first).
+path (writable, enough free space), the sweep's lease (one live driver per sweep name, :mod:`orchestrator.lease`)
+and the MLflow tracking store (the parent run is created or found first).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..lease import SweepLease
 from ..space import SweepSpace
-from ..tracking import SweepTracker, TrackingError
+from ..tracking import SweepTracker, TrackingError, resolve_tracking_uri
 from ._callbacks import error_text
 from ._summary import SweepResult, TrialRecord, summarise
 from ._tune import make_tune_config, to_tune_param_space
@@ -91,19 +93,32 @@ def run_sweep(
     Restore-or-start: when ``<storage_path>/<name>`` holds a Tune experiment, it is restored (finished trials
     kept, unfinished ones resumed from their last checkpoint, errored ones retried); otherwise a new one starts.
     MLflow runs are found again by tags, so a resumed sweep never duplicates them.
+
+    One live driver per sweep name (:mod:`orchestrator.lease`): the sweep's lease is taken after the storage check
+    and before the tracking store or Ray is touched (:class:`~orchestrator.lease.LeaseHeldError` when another live
+    driver holds it), and given back when this function ends, also on an exception.
     """
-    from ray import tune
-
-    from ._callbacks import MLflowTrialCallback
-    from ._trainable import qshield_trainable
-
     name = name or space.name
     storage = storage_path or space.resolved_storage_path()
     if "://" not in storage:
         storage = os.path.abspath(os.path.expanduser(storage))
     check_storage(storage)
     _check_attack_library()
+    # one live driver per sweep name; released on every exit (a SIGKILLed driver's lease expires)
+    with SweepLease.for_sweep(name, storage, tracking_uri=resolve_tracking_uri(tracking_uri)) as lease:
+        return _run_leased(space, name, storage, lease, tracking_uri, experiment, num_cpus, verbose)
+
+
+def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, tracking_uri: str | None,
+                experiment: str, num_cpus: int | None, verbose: int) -> SweepResult:
+    """:func:`run_sweep` once the sweep's lease is held."""
+    from ray import tune
+
+    from ._callbacks import MLflowTrialCallback
+    from ._trainable import qshield_trainable
+
     tracker = SweepTracker(name, experiment, tracking_uri)
+    lease.check_parent_run(tracker)  # refuse a RUNNING parent fed from another storage path
     parent = tracker.parent_run_id(params={"space": space.to_dict()})
     study_storage = optuna_storage(tracker.tracking_uri)
     tracker.set_tags(
@@ -116,6 +131,7 @@ def run_sweep(
             "qshield.storage_path": storage,
             "qshield.optuna_study": name,
             "qshield.optuna_storage": redact_url(study_storage) if study_storage else "in memory",
+            **lease.tags(),  # the driver holding the sweep
         },
     )
     # Per-epoch reports carry training metrics only; the objectives arrive with the final report, which is all

@@ -15,7 +15,7 @@ The champion's robustness card is made above this layer (:mod:`orchestrator.view
 
 Selecting is idempotent: a run already registered under the model name reuses its version (two selections
 racing each other converge on the lowest version number; the other is deleted), so re-running ``select`` never
-adds a duplicate version.
+adds a duplicate version; selections racing to create the registered model itself use the one that won.
 """
 
 from __future__ import annotations
@@ -139,11 +139,7 @@ def select_champion(
     name = model_name or f"qshield-{sweep}"
     client = tracker.client
     with use_tracking_uri(tracker.tracking_uri):
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name, tags={"qshield.sweep": sweep},
-                                           description=f"Champion of sweep {sweep} (qshield)")
+        _ensure_registered_model(client, name, sweep)  # issue 15: two selections at once both create it
         champion = _register(client, name, runs[best], points[best], rule, reason, sweep)
         selection = Selection(name, champion.version, runs[best].info.run_id, rule,
                               {k: points[best][k] for k in directions}, reason, ids[best])
@@ -211,6 +207,22 @@ def _record_on_parent(tracker: SweepTracker, parent_id: str, sel: Selection, run
     })
     keys = [k for k in run.data.metrics if k.split("_ci_")[0] in (*_CONTEXT_KEYS, "asr", "adversary_cost")]
     tracker.log_metrics(parent_id, {f"champion_{k}": run.data.metrics[k] for k in keys})
+
+
+def _ensure_registered_model(client: Any, name: str, sweep: str) -> None:
+    """Create registered model ``name`` unless it exists; a selection that loses the race to create it (MLflow
+    answers ``RESOURCE_ALREADY_EXISTS``) uses the one the other created."""
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(name, tags={"qshield.sweep": sweep},
+                                       description=f"Champion of sweep {sweep} (qshield)")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def _model_id(run: Any) -> str:

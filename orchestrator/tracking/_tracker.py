@@ -28,6 +28,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from ..lease import check_lease
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -47,6 +49,22 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` for ``tracking_uri``. Creating the first client of a new local ``sqlite:///`` store creates
+    its tables, and two processes doing that at once make one fail (alembic: "Online migration expected to match one
+    row"): two sweeps started together on a fresh ``mlflow.db``. So for such a store the client is created under an
+    exclusive lock (``filelock.FileLock``, an ``fcntl`` lock: a sqlite store is local anyway) on
+    ``.<database>.qshield-init.lock`` beside the database."""
+    prefix = "sqlite:///"
+    database = Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+    if database is None or not database.parent.is_dir():
+        return MlflowClient(tracking_uri=tracking_uri)
+    from filelock import FileLock
+
+    with FileLock(database.with_name(f".{database.name}.qshield-init.lock")):
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -131,7 +149,7 @@ class SweepTracker:
     ) -> None:
         self.sweep = sweep
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = mlflow_client(self.tracking_uri)  # issue 15: a fresh sqlite store, two drivers at once
         self.retries = retries
         self.backoff_s = backoff_s
         self.experiment_name = experiment
@@ -145,10 +163,11 @@ class SweepTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.client = mlflow_client(self.tracking_uri)  # issue 15: a fresh sqlite store, two drivers at once
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        check_lease(self.sweep)  # issue 15: a driver that lost its sweep's lease writes nothing more
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -173,18 +192,27 @@ class SweepTracker:
             exp = self._call("get experiment", lambda: self.client.get_experiment_by_name(self.experiment_name))
             if exp is None:
                 location = default_artifact_location(self.tracking_uri, self.experiment_name)
-                self._experiment_id = self._call(
-                    "create experiment",
-                    lambda: self.client.create_experiment(
-                        self.experiment_name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
-                    ),
-                )
+                self._experiment_id = self._call("create experiment", lambda: self._create_experiment(location))
             else:
                 self._experiment_id = exp.experiment_id
                 if exp.tags.get(EXPERIMENT_KIND) is None:
                     self._call("tag experiment", lambda: self.client.set_experiment_tag(
                         exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING))
         return self._experiment_id
+
+    def _create_experiment(self, location: str | None) -> str:
+        """Create the experiment; when another driver created it meanwhile (two sweeps started together on a new
+        store, issue 15), use theirs."""
+        try:
+            return self.client.create_experiment(self.experiment_name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def _find(self, filter_string: str) -> list[Any]:
         return self._call(
