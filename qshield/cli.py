@@ -307,8 +307,8 @@ def add_library_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``evaluate`` on ``subparsers``; each sets ``func(args) -> int`` (exit status)."""
     train_p = subparsers.add_parser(
         "train", help="train a model on a dataset and save it",
-        description="Train a DNN, CNN, ResNet-18, hybrid quantum-classical model or the QShield reference code's hybrid "
-        "(--arch reference_hybrid) and save it (plus <out>.json).",
+        description="Train a DNN, CNN, ResNet-18, hybrid quantum-classical model or the QShield reference code's "
+        "hybrid (--arch reference_hybrid) and save it (plus <out>.json).",
     )
     _train_parser(train_p)
     train_p.set_defaults(func=_run_train, _parser=train_p)

@@ -3,7 +3,9 @@ confidence intervals; the finite-difference, EOT-convergence and gradient-source
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import math
 
 import pytest
@@ -247,6 +249,8 @@ def test_the_reference_hybrid_is_checked_with_bpda_and_eot_by_default(victims, d
     assert diag.check("gradients_match_finite_differences").passed
     assert set(diag.source_asr) == {"bpda", "direct", "transfer"}
     assert "EOT k=2" in diag.check("deterministic_or_eot").detail
+    logged = json.loads(json.dumps(dataclasses.asdict(diag), default=str))  # what the orchestrator logs
+    assert logged["hidden"]["randomized"] and set(logged["source_asr"]) == {"bpda", "direct", "transfer"}
 
 
 @pytest.mark.parametrize(

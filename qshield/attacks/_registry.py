@@ -17,7 +17,16 @@ from ._preset import AttackPreset
 from ._square import SQUARE_PRESET
 from ._vmifgsm import VMIFGSM_PRESET
 
-__all__ = ["ATTACKS", "DEFAULT_EPS", "PAPER_ATTACKS", "available_attacks", "check_dataset", "check_eps", "get_preset", "resolve_eps"]
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_EPS",
+    "PAPER_ATTACKS",
+    "available_attacks",
+    "check_dataset",
+    "check_eps",
+    "get_preset",
+    "resolve_eps",
+]
 
 #: name -> preset: the QShield paper's eight in the order of its tables, then AutoAttack (standard version).
 ATTACKS: Mapping[str, AttackPreset] = MappingProxyType(

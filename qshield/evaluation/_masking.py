@@ -70,7 +70,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -250,6 +249,8 @@ class MaskingDiagnostics:
         eot_asr: ``{"k": ASR, "2k": ASR}`` of the EOT convergence run at the evaluation ε (empty when not run).
         source_asr: PGD ASR at the evaluation ε per gradient source run (``direct``, ``bpda``, ``transfer``), the
             mode's own included (empty when PGD could not run).
+
+    ``dataclasses.asdict`` of it is plain data (how the orchestrator logs it).
     """
 
     checks: tuple[CheckResult, ...]
@@ -268,8 +269,8 @@ class MaskingDiagnostics:
     eot_iter: int = 1
     hidden: HiddenParts = NOTHING_HIDDEN
     gradient_mismatch_fraction: float = math.nan
-    eot_asr: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    source_asr: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    eot_asr: dict[str, float] = field(default_factory=dict)
+    source_asr: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -702,8 +703,8 @@ def check_gradient_masking(
         eot_iter=eot,
         hidden=hidden,
         gradient_mismatch_fraction=mismatch,
-        eot_asr=MappingProxyType(eot_asr),
-        source_asr=MappingProxyType(source_asr),
+        eot_asr=dict(eot_asr),
+        source_asr=dict(source_asr),
     )
 
 

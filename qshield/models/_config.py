@@ -235,8 +235,8 @@ class ModelConfig:
         if self.pretrained_path is not None and not self.uses_resnet18:
             raise ValueError(
                 f"pretrained_path={self.pretrained_path!r} is only used by ResNet-18; arch={self.arch.value!r}, "
-                f"backbone={self.backbone.value!r}; allowed: arch='resnet18', or arch='hybrid' / 'reference_hybrid' with "
-                "backbone='resnet18'"
+                f"backbone={self.backbone.value!r}; allowed: arch='resnet18', or arch='hybrid' / 'reference_hybrid' "
+                "with backbone='resnet18'"
             )
 
     @property
