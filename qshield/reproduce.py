@@ -628,6 +628,20 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(finite) if finite else math.nan
 
 
+def _flag_reason(report: EvaluationReport) -> str:
+    """Why a report is not trustworthy, briefly (failed checks, unadapted rows, near chance)."""
+    parts = []
+    if report.diagnostics is None:
+        parts.append("diagnostics not run")
+    elif not report.diagnostics.passed:
+        parts.append("failed: " + ", ".join(report.diagnostics.failed))
+    if any(report.row_flags(r) for r in report.results):
+        parts.append("rows attacked without the BPDA / EOT it needs")
+    if report.near_chance:
+        parts.append("near chance")
+    return "; ".join(parts)
+
+
 def _findings(rep: Reproduction) -> list[str]:
     """Sentences computed from this run's numbers (so they stay true when the run is regenerated)."""
     out = []
@@ -639,15 +653,7 @@ def _findings(rep: Reproduction) -> list[str]:
     out.append(
         "Masking diagnostics (every threshold a 95% confidence interval): "
         + ("every model passes every check." if not failed else "; ".join(
-            f"{n} is flagged ("
-            + ("failed: " + ", ".join(reports[n].diagnostics.failed) if reports[n].diagnostics is not None
-               and not reports[n].diagnostics.passed else "")
-            + ("; " if reports[n].diagnostics is not None and not reports[n].diagnostics.passed
-               and any(reports[n].row_flags(r) for r in reports[n].results) else "")
-            + ("rows attacked without the BPDA / EOT it needs" if any(reports[n].row_flags(r)
-                                                                     for r in reports[n].results) else "")
-            + ("near chance" if reports[n].near_chance else "")
-            + ")" for n in failed) + "; every other model passes every check.")
+            f"{n} is flagged ({_flag_reason(reports[n])})" for n in failed) + "; every other model passes every check.")
     )
     trained = {t.name: t for t in rep.trained}
     if "CNN" in trained and hybrids:
