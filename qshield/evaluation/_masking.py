@@ -630,7 +630,7 @@ def check_gradient_masking(
         pgd_at_eps = square_at_eps = math.nan
         eot_asr: dict[str, float] = {}
         source_asr: dict[str, float] = {}
-        if has_grad and finite or mode.source is GradientSource.TRANSFER:
+        if (has_grad and finite) or mode.source is GradientSource.TRANSFER:
             with tqdm(desc="masking checks", disable=not progress, leave=False) as bar:
                 fooled = [pgd_run(e, None, eot, bar) for e in config.eps_schedule]
                 if comparison_eps in config.eps_schedule:
