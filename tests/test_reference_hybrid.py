@@ -17,7 +17,7 @@ from qshield.attacks import classical_twin_of, hidden_parts, surrogate_of
 from qshield.cli import main
 from qshield.data import dataset_spec
 from qshield.models import ModelConfig, ReferenceHybrid, build_model, load_model, save_model
-from qshield.training import TrainConfig, train
+from qshield.training import TrainConfig, evaluate_dataset, train
 
 from tests import _qref
 from tests._digits import train_digits_mlp
@@ -124,6 +124,16 @@ def test_the_circuit_is_outside_the_autograd_graph_and_the_surrogate_puts_it_bac
     with torch.no_grad():
         assert torch.equal(out.detach(), model(images))  # same function, same draw
     assert not torch.allclose(sgrad, grad, atol=1e-6)  # ... whose gradient sees the circuit
+
+
+def test_its_reported_accuracy_is_reproducible_and_leaves_the_global_rng_alone(model):
+    _, x, y = train_digits_mlp()
+    data = torch.utils.data.TensorDataset(x[:200], y[:200])
+    before = torch.get_rng_state()
+    first = evaluate_dataset(model, data)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert evaluate_dataset(model, data) == first  # a randomised model, yet the same accuracy every time
+    assert evaluate_dataset(model, data, seed=1) != first
 
 
 def test_it_declares_what_it_hides(model):
