@@ -9,11 +9,12 @@ with flags mirroring :class:`~qshield.training.TrainConfig`, and writes the mode
 training record next to it (``<out>.json``: data selection, configs, per-epoch history, test accuracy) so that
 ``evaluate`` can rebuild the same test split.
 
-``evaluate`` runs a list of attacks (:data:`~qshield.attacks.ATTACKS`) on one or more saved models, always with
-the gradient-masking diagnostics, and writes to ``--out DIR``:
+``evaluate`` runs a list of attacks (:data:`~qshield.attacks.ATTACKS`; default the paper's eight) on one or more saved
+models, adaptively for models that declare hidden parts (``--adaptive``), always with the gradient-masking
+diagnostics, and writes to ``--out DIR``:
 
-* ``results.csv`` / ``results.md``: one row per model × attack (ODR, ASR, robust accuracy, attack seconds per
-  example and in total, counted forward/backward queries per example, masking flag);
+* ``results.csv`` / ``results.md``: one row per model × attack (ODR, ASR, robust accuracy, adaptive mode, attack
+  seconds per example and in total, counted forward/backward queries per example, masking flag);
 * ``diagnostics.csv`` / ``diagnostics.md``: every masking check per model, passed or not, with its numbers;
 * ``asr_vs_eps.csv`` / ``asr_vs_eps.png``: PGD ASR against ε per model (the diagnostics' sweep).
 
@@ -37,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from qshield.attacks import ATTACKS, DEFAULT_EPS, AttackConfig
+from qshield.attacks import ATTACKS, DEFAULT_EPS, PAPER_ATTACKS, Adaptive, AttackConfig
 from qshield.data import DatasetFormatError, DatasetNotFoundError, available_datasets, dataset_spec
 from qshield.models import Arch, Backbone, FusionMode, ModelConfig
 from qshield.quantum import BACKENDS, Entanglement, Measurement, Noise
@@ -206,7 +207,8 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
 
     model = parser.add_argument_group("model (see qshield.models.ModelConfig)")
     model.add_argument("--arch", choices=_values(Arch), default=Arch.HYBRID.value,
-                       help="model family (default: hybrid)")
+                       help="model family; reference_hybrid = the QShield reference code's hybrid with its flaws "
+                       "(random projection per call, circuit outside the autograd graph) (default: hybrid)")
     model.add_argument("--backbone", choices=_values(Backbone), default=Backbone.CNN.value,
                        help="classical part of a hybrid (default: cnn)")
     model.add_argument("--n-qubits", type=_n_qubits, default=None,
@@ -262,8 +264,9 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", type=Path, help="model files written by 'qshield train'")
     parser.add_argument("--out", required=True, type=Path, help="directory for the tables and the plot")
     parser.add_argument(
-        "--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS), metavar="ATTACK",
-        help=f"attacks to run (default: all); allowed values: {', '.join(ATTACKS)}",
+        "--attacks", nargs="+", choices=list(ATTACKS), default=list(PAPER_ATTACKS), metavar="ATTACK",
+        help=f"attacks to run (default: the paper's eight, {' '.join(PAPER_ATTACKS)}); allowed values: "
+        f"{', '.join(ATTACKS)} (autoattack: the standard AutoAttack ensemble, costly)",
     )
     parser.add_argument(
         "--eps", type=parse_eps, default=None,
@@ -278,6 +281,11 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="attack_params", type=_attack_param, action="append", default=[],
                         metavar="ATTACK.PARAM=VALUE", help="override an attack parameter, e.g. square.n_queries=100")
     parser.add_argument("--attack-seed", type=_int_at_least(0), default=0, help="seed of the attacks (default: 0)")
+    parser.add_argument(
+        "--adaptive", choices=[m.value for m in Adaptive], default=Adaptive.AUTO.value,
+        help="attack mode: auto (BPDA / EOT / transfer for models that declare hidden parts, e.g. reference_hybrid; "
+        "plain models are attacked directly), off (the naive attacker, as the paper), bpda, transfer (default: auto)",
+    )
     data = _add_data(parser, required=False)
     data.add_argument("--seed", type=_int_at_least(0), default=None,
                       help="data-split seed (default: the models' training seed; another seed would let the test "
@@ -299,7 +307,8 @@ def add_library_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``evaluate`` on ``subparsers``; each sets ``func(args) -> int`` (exit status)."""
     train_p = subparsers.add_parser(
         "train", help="train a model on a dataset and save it",
-        description="Train a DNN, CNN, ResNet-18 or hybrid quantum-classical model and save it (plus <out>.json).",
+        description="Train a DNN, CNN, ResNet-18, hybrid quantum-classical model or the QShield reference code's "
+        "hybrid (--arch reference_hybrid) and save it (plus <out>.json).",
     )
     _train_parser(train_p)
     train_p.set_defaults(func=_run_train, _parser=train_p)
@@ -634,6 +643,7 @@ def _evaluate_models(
                 masking=masking,
                 seed=args.attack_seed,
                 model_name=name,
+                adaptive=args.adaptive,
             )
         )
     return reports

@@ -31,6 +31,7 @@ SMALL = {
     "deepfool": {"steps": 10},
     "onepixel": {"steps": 5, "popsize": 10},
     "square": {"n_queries": 100},
+    "autoattack": {"steps": 3, "n_queries": 20, "n_target_classes": 2},
 }
 
 
@@ -76,12 +77,12 @@ class SelfCounting(nn.Module):
 # ----------------------------------------------------------------------------------------------- registry
 
 
-def test_registry_holds_the_eight_reference_attacks():
-    assert set(ATTACKS) == {"fgsm", "pgd", "apgd", "vmifgsm", "cw", "deepfool", "onepixel", "square"}
+def test_registry_holds_the_eight_reference_attacks_and_autoattack():
+    assert list(ATTACKS) == ["fgsm", "pgd", "apgd", "vmifgsm", "cw", "deepfool", "onepixel", "square", "autoattack"]
     for name, preset in ATTACKS.items():
         assert preset.name == name
         assert "eot_iter" in preset.param_names
-    assert {n for n, p in ATTACKS.items() if p.uses_eps} == {"fgsm", "pgd", "apgd", "vmifgsm", "square"}
+    assert {n for n, p in ATTACKS.items() if p.uses_eps} == {"fgsm", "pgd", "apgd", "vmifgsm", "square", "autoattack"}
     assert {n for n, p in ATTACKS.items() if not p.white_box} == {"onepixel", "square"}
 
 

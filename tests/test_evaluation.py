@@ -40,6 +40,7 @@ SMALL = {
     "deepfool": {"steps": 5},
     "onepixel": {"steps": 3, "popsize": 5},
     "square": {"n_queries": 50},
+    "autoattack": {"steps": 3, "n_queries": 20, "n_target_classes": 2},
 }
 
 

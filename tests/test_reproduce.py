@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 from qshield.attacks import DEFAULT_EPS
 from qshield.data import load_dataset
-from qshield.evaluation import CHECK_NAMES, TABLE_COLUMNS, MaskingConfig
+from qshield.evaluation import CHECK_NAMES, TABLE_COLUMNS, MaskingConfig, difference_interval
 from qshield.reproduce import (
+    ADAPTIVE_ATTACKS,
     MODEL_NAMES,
+    REFERENCE_NAME,
     PAPER_MNIST_ASR,
     PAPER_MNIST_ODR,
     ReproductionConfig,
@@ -36,13 +38,24 @@ TINY = {
     "n_examples": 40,
     "examples_by_attack": {"square": 12},
     "masking": MaskingConfig(n_examples=8, steps=3, square_queries=20),
+    "reference": False,
 }
+TINY_MASKING = MaskingConfig(n_examples=8, eps_schedule=(16 / 255, 1.0), steps=3, square_queries=10)
+#: the reference hybrid next to the CNN, naive and adaptive, one attack: the smallest run of that code path
+TINY_REF = {**TINY, "models": ("CNN",), "attacks": ("fgsm",), "examples_by_attack": {}, "epochs": 3,
+            "reference": True, "adaptive_attacks": ("fgsm",), "adaptive_examples": {"fgsm": 40},
+            "masking": TINY_MASKING, "adaptive_masking": TINY_MASKING}
 
 
 
 @pytest.fixture(scope="module")
 def rep():
     return run_reproduction(ReproductionConfig(**TINY), progress=False)
+
+
+@pytest.fixture(scope="module")
+def rep_ref():
+    return run_reproduction(ReproductionConfig(**TINY_REF), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +161,41 @@ def test_protocol_model_configs() -> None:
         model_config("ResNet")
 
 
+def test_reference_hybrid_is_evaluated_naively_and_adaptively(rep_ref) -> None:
+    assert [r.model for r in rep_ref.reports] == ["CNN", REFERENCE_NAME]
+    assert [t.config.arch.value for t in rep_ref.trained] == ["cnn", "reference_hybrid"]
+    naive, (adaptive,) = rep_ref.report(REFERENCE_NAME), rep_ref.adaptive_reports
+    assert adaptive.model == f"{REFERENCE_NAME} (adaptive)"
+    assert naive.result("fgsm").adaptive == "none" and adaptive.result("fgsm").adaptive == "bpda+eot(8)"
+    assert naive.row_flags(naive.result("fgsm")) == ("no EOT", "no BPDA/transfer") and not naive.trustworthy
+    assert "deterministic_or_eot" in naive.diagnostics.failed  # the naive evaluation is flagged
+    assert adaptive.diagnostics.adaptive == "bpda+eot(8)"
+    assert adaptive.row_flags(adaptive.result("fgsm")) == ()
+    table = rep_ref.table()
+    assert list(table.loc[table["attack"] == "fgsm", "model"]) == ["CNN", REFERENCE_NAME, adaptive.model]
+
+
+def test_reference_section_differences_are_recomputed_from_the_counts(rep_ref, tmp_path: Path) -> None:
+    doc = write_reproduction(rep_ref, tmp_path / "r.md", command="x")["doc"].read_text()
+    section = doc.split("## The paper's claims measured on the paper's own model")[1].split("## What this run")[0]
+    cnn, ref, ad = (rep_ref.report("CNN").result("fgsm"), rep_ref.report(REFERENCE_NAME).result("fgsm"),
+                    rep_ref.adaptive_reports[0].result("fgsm"))
+    row = next(line for line in section.splitlines() if line.startswith("| FGSM |"))
+    for r in (ref, ad):
+        d, lo, hi = difference_interval(r.n_fooled, r.n_attacked, cnn.n_fooled, cnn.n_attacked)
+        assert f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" in row
+    paper = PAPER_MNIST_ASR
+    assert f"{paper['CNN']['fgsm']:.1f} → {paper['Full']['fgsm']:.1f}" in row
+    assert "### Verdict per claim" in section and "* **FGSM**:" in section
+    assert "| naive | none |" in section and "| adaptive | bpda+eot(8) |" in section
+
+
+def test_reference_protocol_config() -> None:
+    cfg = model_config(REFERENCE_NAME)
+    assert cfg.arch.value == "reference_hybrid" and cfg.entanglement.value == "full"
+    assert (cfg.n_qubits, cfg.noise.value, cfg.noise_strength, cfg.quantum_trainable) == (4, "mixed", 0.005, False)
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -159,6 +207,9 @@ def test_protocol_model_configs() -> None:
         ({"dataset": "svhn"}, r"dataset='svhn' is invalid; allowed values: .*'mnist5k'"),
         ({"eps": 2.0}, r"eps=2.0 is invalid; allowed values: a number in \[0, 1\]"),
         ({"device": "tpu"}, r"device='tpu'"),
+        ({"reference": True, "adaptive_attacks": ("cw",)}, r"adaptive_attacks=\('cw',\) is invalid; allowed values: "
+         r"distinct names from the attacks evaluated \(fgsm, square\)"),
+        ({"adaptive_examples": {"fgsm": 0}}, r"adaptive_examples\['fgsm'\]=0"),
     ],
 )
 def test_bad_config_is_refused(change: dict, match: str) -> None:
@@ -172,6 +223,7 @@ def test_default_protocol_is_the_papers() -> None:
     assert (cfg.lr, cfg.weight_decay, cfg.batch_size) == (1e-3, 1e-4, 128)
     assert cfg.resolved_eps == pytest.approx(32 / 255)
     assert cfg.attacks == ("fgsm", "pgd", "apgd", "vmifgsm", "cw", "deepfool", "onepixel", "square")
+    assert cfg.reference and cfg.adaptive_attacks == ADAPTIVE_ATTACKS
     assert cfg.examples_for("pgd") == cfg.n_examples and cfg.examples_for("deepfool") < cfg.n_examples
 
 

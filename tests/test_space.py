@@ -375,7 +375,7 @@ def test_name_lists_agree_with_the_library_registries():
     assert [a.value for a in AttackName] == list(ATTACKS)
     assert [b.value for b in QuantumBackend] == list(BACKENDS)
     assert {d.value for d in Dataset} == set(DEFAULT_EPS) == set(LIB_EPS)
-    assert {a.value for a in EPS_ATTACKS} == {"fgsm", "pgd", "apgd", "vmifgsm", "square"}
+    assert {a.value for a in EPS_ATTACKS} == {"fgsm", "pgd", "apgd", "vmifgsm", "square", "autoattack"}
     assert list(Parameters.model_fields) == list(PARAMETERS)
 
 

@@ -56,12 +56,14 @@ class _StrChoice(str, enum.Enum):
 
 
 class Arch(_StrChoice):
-    """Model architecture (paper: the DNN and CNN baselines, and the hybrid quantum-classical network)."""
+    """Model architecture (paper: the DNN and CNN baselines, and the hybrid quantum-classical network; plus
+    ``reference_hybrid``, the QShield reference code's hybrid reproduced with its flaws, attacked adaptively)."""
 
     DNN = "dnn"
     CNN = "cnn"
     RESNET18 = "resnet18"
     HYBRID = "hybrid"
+    REFERENCE_HYBRID = "reference_hybrid"
 
 
 class Backbone(_StrChoice):

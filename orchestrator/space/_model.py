@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from qshield.attacks import ATTACKS
+from qshield.attacks import ATTACKS, PAPER_ATTACKS
 from qshield.attacks import DEFAULT_EPS as _ATTACK_DEFAULT_EPS
 from qshield.quantum import CircuitSpec, Measurement, Noise
 
@@ -78,6 +78,7 @@ class AttackName(_StrChoice):
     DEEPFOOL = "deepfool"
     ONEPIXEL = "onepixel"
     SQUARE = "square"
+    AUTOATTACK = "autoattack"
 
 
 class Objective(_StrChoice):
@@ -263,6 +264,7 @@ class AttackSettings(_Strict):
     deepfool: dict[str, Any] | None = None
     onepixel: dict[str, Any] | None = None
     square: dict[str, Any] | None = None
+    autoattack: dict[str, Any] | None = None
 
     @field_validator("*", mode="plain")
     @classmethod
@@ -291,7 +293,7 @@ class AttacksConfig(_Strict):
             ``{}`` = its defaults), or null to skip it.
     """
 
-    names: tuple[AttackName, ...] = tuple(AttackName)
+    names: tuple[AttackName, ...] = tuple(AttackName(n) for n in PAPER_ATTACKS)
     eps: Eps | None = None
     n_eval: PosInt = 256
     batch_size: PosInt = 128
@@ -569,7 +571,7 @@ class SweepSpace(_Strict):
     def _check_circuit_memory(self) -> None:
         """Refuse, before Ray starts, a qubit count whose simulated state exceeds qshield's memory budget."""
         archs = domain_values(self.parameters.arch) or ()
-        if Arch.HYBRID not in archs:
+        if Arch.HYBRID not in archs and Arch.REFERENCE_HYBRID not in archs:
             return
         n_max = int(domain_max(self.parameters.n_qubits))
         noises = domain_values(self.parameters.noise) or ()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ._adaptive import Adaptive, resolve_adaptive
 from ._config import AttackConfig
 from ._eot import EOTWrapper
 from ._preset import EotMode
@@ -22,6 +23,7 @@ def build_attack(
     *,
     eps: float | None = None,
     dataset: str | None = None,
+    adaptive: Adaptive | str = Adaptive.AUTO,
     **overrides: Any,
 ) -> torchattacks.Attack:
     """Build the torchattacks attack ``name`` on ``model`` with the QShield reference's defaults.
@@ -35,6 +37,9 @@ def build_attack(
             dataset's default (:data:`~qshield.attacks.DEFAULT_EPS`); with none of them it is a
             ``ValueError`` (ε is never guessed). Ignored by ``cw``, ``deepfool`` and ``onepixel``.
         dataset: dataset name for the default ε and dataset-specific defaults (C&W binary-search steps).
+        adaptive: ``auto`` (default: BPDA / transfer / EOT as the model declares hidden parts, see
+            :func:`~qshield.attacks.resolve_adaptive`; nothing changes for a model that declares none), ``off``
+            (the naive attacker), ``bpda`` or ``transfer``.
         **overrides: preset parameters to change (e.g. ``steps=20``, ``n_queries=100``, ``eot_iter=8``).
 
     Returns:
@@ -49,13 +54,22 @@ def build_attack(
     """
     base = name if isinstance(name, AttackConfig) else AttackConfig(name)
     config = base.with_overrides(eps=eps, **overrides).resolve(dataset)
-    return make_attack(model, config)
+    return make_attack(model, config, adaptive=adaptive)
 
 
-def make_attack(model: nn.Module, config: AttackConfig) -> torchattacks.Attack:
-    """Build the attack of a config whose parameters are complete (see :meth:`AttackConfig.resolve`)."""
+def make_attack(
+    model: nn.Module, config: AttackConfig, *, adaptive: Adaptive | str = Adaptive.AUTO
+) -> torchattacks.Attack:
+    """Build the attack of a config whose parameters are complete (see :meth:`AttackConfig.resolve`).
+
+    With ``adaptive`` other than ``off`` the attack reads the module :func:`~qshield.attacks.resolve_adaptive`
+    chooses (the model, its :class:`~qshield.attacks.BPDAWrapper`, or its classical twin) with the EOT passes it
+    chooses; ``off`` builds exactly ``config`` on ``model``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config, mode = resolve_adaptive(model, config, adaptive)
+    model = mode.attack_model(model)
     preset = config.preset
     params = preset.defaults()
     params.update(config.params)

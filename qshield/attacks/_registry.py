@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ._apgd import APGD_PRESET
+from ._autoattack import AUTOATTACK_PRESET
 from ._cw import CW_PRESET
 from ._deepfool import DEEPFOOL_PRESET
 from ._fgsm import FGSM_PRESET
@@ -16,9 +17,18 @@ from ._preset import AttackPreset
 from ._square import SQUARE_PRESET
 from ._vmifgsm import VMIFGSM_PRESET
 
-__all__ = ["ATTACKS", "DEFAULT_EPS", "available_attacks", "check_dataset", "check_eps", "get_preset", "resolve_eps"]
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_EPS",
+    "PAPER_ATTACKS",
+    "available_attacks",
+    "check_dataset",
+    "check_eps",
+    "get_preset",
+    "resolve_eps",
+]
 
-#: name -> preset, in the order of the QShield paper's tables.
+#: name -> preset: the QShield paper's eight in the order of its tables, then AutoAttack (standard version).
 ATTACKS: Mapping[str, AttackPreset] = MappingProxyType(
     {
         p.name: p
@@ -31,9 +41,14 @@ ATTACKS: Mapping[str, AttackPreset] = MappingProxyType(
             DEEPFOOL_PRESET,
             ONEPIXEL_PRESET,
             SQUARE_PRESET,
+            AUTOATTACK_PRESET,
         )
     }
 )
+
+#: The QShield paper's eight attacks, in the order of its tables: the default suite everywhere (AutoAttack is
+#: opt-in, it costs far more).
+PAPER_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "apgd", "vmifgsm", "cw", "deepfool", "onepixel", "square")
 
 #: Linf budget per dataset on the [0, 1] pixel scale (QShield reference docs: MNIST 32/255,
 #: OrganAMNIST 8/255, CIFAR-10 2/255; MNIST-like sets take MNIST's value, CINIC-10 CIFAR-10's).

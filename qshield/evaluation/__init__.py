@@ -9,7 +9,10 @@
 * :func:`evaluate_attack` runs one attack and returns an :class:`AttackResult` with seconds and counted
   forward/backward passes per example; :func:`evaluate` runs a list of attacks plus
   :func:`check_gradient_masking` and returns an :class:`EvaluationReport` whose ``trustworthy`` flag is False
-  when a check fails.
+  when a check fails or a row lacks the adaptive treatment the model needs. Models that declare hidden parts
+  (:class:`qshield.attacks.HiddenParts`) are attacked adaptively by default (BPDA, EOT, transfer); every result
+  says which mode produced it (``AttackResult.adaptive``). The diagnostics decide every threshold from
+  confidence intervals.
 * Reports: :func:`results_table`, :func:`render_markdown`, :func:`write_results` (CSV + Markdown),
   :func:`asr_vs_eps` + :func:`plot_asr_vs_eps`, :func:`compare_with_paper`.
 
@@ -26,6 +29,8 @@ from ._masking import (
     MaskingDiagnostics,
     check_gradient_masking,
     judge_attack_checks,
+    judge_eot_convergence,
+    judge_gradient_sources,
 )
 from ._metrics import CONFIDENCE, asr, difference_interval, odr, robust_accuracy, wilson_interval
 from ._min_eps import MinEpsConfig, minimal_eps
@@ -68,6 +73,8 @@ __all__ = [
     "evaluate",
     "evaluate_attack",
     "judge_attack_checks",
+    "judge_eot_convergence",
+    "judge_gradient_sources",
     "odr",
     "plot_asr_vs_eps",
     "render_markdown",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qshield.attacks import AttackConfig, Norm, QueryCounter, make_attack
+from qshield.attacks import Adaptive, AttackConfig, Norm, QueryCounter, make_attack, resolve_adaptive
 from qshield.attacks._imports import model_device
 
 from ._metrics import asr, odr, robust_accuracy
@@ -160,20 +160,26 @@ def run_attack(
     batch_size: int,
     seed: int,
     bar: tqdm | None = None,
+    adaptive: Adaptive | str = Adaptive.AUTO,
 ) -> tuple[AttackResult, torch.Tensor]:
     """Attack the correctly classified images with ``config``; return the result and the adversarial labels.
 
-    The model must already be in the mode it is evaluated in (eval). Adversary cost is counted by a
-    :class:`~qshield.attacks.QueryCounter` around the model: only queries made by the attack count (the clean
-    pass and the final check of the adversarials are the evaluator's, not the adversary's).
+    The model must already be in the mode it is evaluated in (eval). ``adaptive`` chooses the attack mode
+    (:func:`~qshield.attacks.resolve_adaptive`: BPDA / transfer / EOT for a model that declares hidden parts under
+    ``auto``); the result's ``config`` holds the EOT passes actually used and ``adaptive`` the mode's label.
+    Success is always decided by the defended ``model`` itself. Adversary cost is counted by a
+    :class:`~qshield.attacks.QueryCounter` around the module the attack reads (the model; its BPDA wrapper, one
+    query = one defended + one surrogate pass; or, for transfer, the twin): only queries made by the attack count
+    (the clean pass and the final check of the adversarials are the evaluator's, not the adversary's).
 
     Returns:
         ``(AttackResult, adv_pred [N])`` where ``adv_pred`` equals ``clean_pred`` on images not attacked.
     """
     device = model_device(model)
     attacked = (clean_pred == labels).nonzero().flatten()
-    counter = QueryCounter(model)
-    attack = make_attack(counter, config)
+    config, mode = resolve_adaptive(model, config, adaptive)
+    counter = QueryCounter(mode.attack_model(model))
+    attack = make_attack(counter, config, adaptive=Adaptive.OFF)
     adv_pred = clean_pred.clone()
     with isolated_rng(seed, device):
         for start in range(0, len(attacked), batch_size):
@@ -211,5 +217,6 @@ def run_attack(
         n_fooled=n_fooled,
         config=config,
         reaches_eps=config.reaches_eps,
+        adaptive=mode.label,
     )
     return result, adv_pred

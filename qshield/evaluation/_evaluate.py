@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qshield.attacks import ATTACKS, DEFAULT_EPS, AttackConfig
+from qshield.attacks import ATTACKS, DEFAULT_EPS, Adaptive, AttackConfig, hidden_parts
 from qshield.attacks._imports import model_device
 from qshield.attacks._registry import check_dataset, check_eps
 
-from ._core import as_config, check_batch_size, check_data, check_outputs, eval_mode, predict, run_attack
+from ._core import as_config, check_batch_size, check_data, check_outputs, eval_mode, isolated_rng, predict, run_attack
 from ._masking import MaskingConfig, check_gradient_masking
 from ._metrics import odr
 from ._min_eps import MinEpsConfig, minimal_eps
@@ -31,9 +31,19 @@ def _check_seed(seed: object) -> int:
 
 
 def _clean_pass(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0
+) -> tuple[torch.Tensor, int]:
+    """Clean predictions ``[N]`` and the number of classes; checks output shape and label range on the first batch.
+
+    Runs in an isolated RNG state seeded with ``seed``, so a randomised model's clean predictions are reproducible
+    and the caller's random stream is untouched."""
+    with isolated_rng(seed, model_device(model)):
+        return _clean_pass_unseeded(model, images, labels, batch_size)
+
+
+def _clean_pass_unseeded(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, int]:
-    """Clean predictions ``[N]`` and the number of classes; checks output shape and label range on the first batch."""
     with torch.no_grad():
         first = model(images[:batch_size].to(model_device(model)))
     check_outputs(first, labels[:batch_size].to(first.device))
@@ -100,6 +110,7 @@ def evaluate_attack(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = False,
+    adaptive: Adaptive | str = Adaptive.AUTO,
     **overrides: Any,
 ) -> AttackResult:
     """Run one attack the way the QShield paper measures it.
@@ -120,6 +131,9 @@ def evaluate_attack(
         batch_size: images per attack call.
         seed: seed of the attack's randomness.
         progress: show a tqdm bar.
+        adaptive: attack mode (:func:`~qshield.attacks.resolve_adaptive`): ``auto`` (BPDA / transfer / EOT as the
+            model declares hidden parts; nothing changes for a model that declares none), ``off`` (the naive
+            attacker), ``bpda``, ``transfer``. The result's ``adaptive`` says which was used.
         **overrides: attack parameters (e.g. ``steps=20``, ``eot_iter=4``).
 
     Raises:
@@ -127,14 +141,16 @@ def evaluate_attack(
             (label range against the number of classes: after the first forward pass).
     """
     config = as_config(attack, eps, dataset, **overrides)
+    adaptive = Adaptive.parse(adaptive)
     images, labels = check_data(images, labels)
     batch_size = check_batch_size(batch_size)
     seed = _check_seed(seed)
     with eval_mode(model):
-        clean, _ = _clean_pass(model, images, labels, batch_size)
+        clean, _ = _clean_pass(model, images, labels, batch_size, seed)
         n_attacked = int((clean == labels).sum())
         with tqdm(total=n_attacked, desc=config.label, disable=not progress) as bar:
-            result, _ = run_attack(model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar)
+            result, _ = run_attack(model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar,
+                                   adaptive=adaptive)
     return result
 
 
@@ -153,6 +169,7 @@ def evaluate(
     seed: int = 0,
     model_name: str | None = None,
     min_eps: MinEpsConfig | None = None,
+    adaptive: Adaptive | str = Adaptive.AUTO,
 ) -> EvaluationReport:
     """Evaluate ``model`` against ``attacks`` and (by default) run the gradient-masking diagnostics.
 
@@ -176,15 +193,21 @@ def evaluate(
         seed: seed of the attacks' randomness (the diagnostics use ``masking.seed``).
         model_name: name shown in tables (default: the model's class name).
         min_eps: measure the smallest flipping ε per image with these settings (None: not measured).
+        adaptive: attack mode of every attack, of the smallest-ε search and of the diagnostics
+            (:func:`~qshield.attacks.resolve_adaptive`): ``auto`` (default; BPDA / transfer / EOT for a model that
+            declares hidden parts, unchanged for one that declares none), ``off`` (the naive attacker, e.g. to
+            reproduce a paper's evaluation), ``bpda``, ``transfer``.
 
     Returns:
-        :class:`EvaluationReport` with one :class:`AttackResult` per attack and the diagnostics; its
-        ``trustworthy`` is False when the diagnostics failed or did not run.
+        :class:`EvaluationReport` with one :class:`AttackResult` per attack (each saying its adaptive mode) and the
+        diagnostics; its ``trustworthy`` is False when the diagnostics failed or did not run, or when a row was
+        produced without the adaptive treatment the model needs (:meth:`EvaluationReport.row_flags`).
     """
     if isinstance(attacks, (str, AttackConfig)) or not isinstance(attacks, Sequence):
         raise ValueError(f"attacks={attacks!r} is invalid; allowed values: a list of attack names or AttackConfig")
     dataset = check_dataset(dataset)
     eps = check_eps(eps)
+    adaptive = Adaptive.parse(adaptive)
     configs = [as_config(a, eps, dataset, eps_is_default=True) for a in attacks]
     images, labels = check_data(images, labels)
     batch_size = check_batch_size(batch_size)
@@ -205,7 +228,7 @@ def evaluate(
         raise ValueError(f"min_eps must be a MinEpsConfig or None, got {type(min_eps).__name__}")
 
     with eval_mode(model):
-        clean, num_classes = _clean_pass(model, images, labels, batch_size)
+        clean, num_classes = _clean_pass(model, images, labels, batch_size, seed)
         n_attacked = int((clean == labels).sum())
         results = []
         adv_preds = []
@@ -213,18 +236,20 @@ def evaluate(
             for config in configs:
                 bar.set_postfix_str(config.label)
                 result, adv_pred = run_attack(
-                    model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar
+                    model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar, adaptive=adaptive
                 )
                 results.append(result)
                 adv_preds.append((config.name, adv_pred))
         flips = (
-            minimal_eps(model, images, labels, clean, min_eps, batch_size=batch_size, seed=seed, progress=progress)
+            minimal_eps(model, images, labels, clean, min_eps, batch_size=batch_size, seed=seed, progress=progress,
+                        adaptive=adaptive)
             if min_eps is not None
             else None
         )
         diag = (
             check_gradient_masking(
-                model, images, labels, eps=masking_eps, config=masking, clean_predictions=clean, progress=progress
+                model, images, labels, eps=masking_eps, config=masking, clean_predictions=clean, progress=progress,
+                adaptive=adaptive,
             )
             if diagnostics
             else None
@@ -239,6 +264,7 @@ def evaluate(
         num_classes=num_classes,
         worst_case=worst_case(clean, labels, adv_preds) if adv_preds else None,
         min_eps=flips,
+        hidden=hidden_parts(model),
     )
 
 
@@ -253,12 +279,14 @@ def asr_vs_eps(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = False,
+    adaptive: Adaptive | str = Adaptive.AUTO,
     **overrides: Any,
 ) -> AsrCurve:
     """ASR of an ε attack at each ε of ``eps_values`` (increasing, in [0, 1]), the data of an ASR-vs-ε plot.
 
     The clean pass is shared; ``overrides`` apply at every ε (note the reference's PGD α = 2/255 is fixed, so
-    pass ``alpha`` or use :func:`check_gradient_masking`'s sweep, which scales α with ε).
+    pass ``alpha`` or use :func:`check_gradient_masking`'s sweep, which scales α with ε). ``adaptive`` as in
+    :func:`evaluate`.
     """
     values = tuple(check_eps(e) for e in eps_values)
     if not values or any(v is None for v in values) or any(b <= a for a, b in itertools.pairwise(values)):
@@ -268,15 +296,17 @@ def asr_vs_eps(
         with_eps = ", ".join(repr(n) for n, p in ATTACKS.items() if p.uses_eps)
         raise ValueError(f"attack={base.name!r} has no ε budget; allowed values: {with_eps}")
     configs = [base.with_overrides(eps=e, **overrides).resolve() for e in values]
+    adaptive = Adaptive.parse(adaptive)
     images, labels = check_data(images, labels)
     batch_size = check_batch_size(batch_size)
     seed = _check_seed(seed)
     with eval_mode(model):
-        clean, _ = _clean_pass(model, images, labels, batch_size)
+        clean, _ = _clean_pass(model, images, labels, batch_size, seed)
         n_attacked = int((clean == labels).sum())
         asrs = []
         with tqdm(total=n_attacked * len(configs), desc=f"{base.name} vs eps", disable=not progress) as bar:
             for config in configs:
-                result, _ = run_attack(model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar)
+                result, _ = run_attack(model, images, labels, clean, config, batch_size=batch_size, seed=seed, bar=bar,
+                                       adaptive=adaptive)
                 asrs.append(result.asr)
     return AsrCurve(label or type(model).__name__, base.name, tuple(float(v) for v in values), tuple(asrs), n_attacked)

@@ -1,37 +1,74 @@
-"""Gradient-masking diagnostics: cheap sanity checks that a robustness number is not an artefact.
+"""Gradient-masking diagnostics: evidence that a robustness number is not an artefact of the attack failing.
 
-A defence that only hides or breaks gradients looks robust to gradient attacks and falls to adaptive ones
-(Athalye, Carlini, Wagner 2018, arXiv:1802.00420; Carlini et al. 2019, "On Evaluating Adversarial Robustness",
-arXiv:1902.06705). The QShield reference computes its quantum branch through ``.detach().numpy()`` with a
-random projection per call, exactly such a case. These checks, in the spirit of auto-attack's ``checks.py``,
-run on a small random subset of correctly classified images:
+A defence that hides or breaks gradients looks robust to gradient attacks and falls to adaptive ones (Athalye,
+Carlini, Wagner 2018, arXiv:1802.00420; Carlini et al. 2019, "On Evaluating Adversarial Robustness",
+arXiv:1902.06705; Tramèr et al. 2020, arXiv:2002.08347). The QShield reference computes its quantum branch
+through ``.detach().numpy()`` with a random projection per call, exactly such a case. The principle behind every
+check: **a number is trustworthy only if the strongest applicable attack was run and shown to work**. The checks
+run on a small random subset of correctly classified images, with the attacks in the evaluation's adaptive mode
+(:func:`qshield.attacks.resolve_adaptive`: BPDA / EOT / transfer for a model that declares hidden parts under
+``adaptive="auto"``; ``"off"`` checks the naive attacker).
+
+**Thresholds come from confidence intervals**, never from fixed points: each check states a null hypothesis
+(what an honest, working attack would show) and fails only when the data contradict it at the configured
+confidence (default 95%), using :func:`~qshield.evaluation.wilson_interval` for one rate and Newcombe's interval
+:func:`~qshield.evaluation.difference_interval` for the difference of two. With ``n`` images the intervals have
+half-widths of about ``1/sqrt(n)``; more images make every check sharper.
 
 ``asr_monotonic_in_eps``
-    PGD's ASR over an increasing ε schedule never drops by more than ``monotonic_tolerance``.
+    PGD's ASR over an increasing ε schedule (every ε reachable: step ``step_ratio * ε / steps``). Fails when for
+    some ``ε_i < ε_j`` the interval of ``ASR(ε_i) - ASR(ε_j)`` lies entirely above 0 (a larger ball does
+    significantly worse).
 ``asr_at_large_eps``
-    At the largest ε of the schedule (default 1.0, i.e. unbounded on [0, 1] images) PGD reaches at least
-    ``min_asr_at_max_eps`` (default 95 %).
+    At the largest ε of the schedule (default 1.0: unbounded on [0, 1] images) PGD should fool essentially every
+    image. Fails when the upper end of the Wilson interval of its ASR is below ``min_asr_at_max_eps`` (0.99).
 ``whitebox_beats_blackbox``
-    White-box PGD is at least as successful as black-box Square at the evaluation ε (minus
-    ``blackbox_tolerance``): a black-box attack winning means the gradients mislead.
+    White-box PGD vs black-box Square at the evaluation ε (both with the mode's EOT). Fails when the interval of
+    ``ASR(Square) - ASR(PGD)`` lies entirely above 0: the gradient misleads more than random search does.
 ``input_gradients``
-    The input gradient of the cross-entropy loss exists, is finite, and is non-zero for all but
-    ``max_zero_grad_fraction`` of the images.
+    The input gradient of the cross-entropy loss (through the module the attack reads) exists and is finite, and
+    the fraction of images whose gradient is exactly zero is not significantly above ``max_zero_grad_fraction``
+    (fails when the lower end of its Wilson interval exceeds it).
+``gradients_match_finite_differences``
+    The gradient the attack reads is the gradient of the function it is scored on. For each image, a random
+    output direction ``u`` and a random unit input direction ``v``: the autograd directional derivative of
+    ``u·f`` along ``v`` is compared with central finite differences at steps ``h`` and ``2h`` (``fd_step``),
+    at the image with every pixel jittered by up to ``10 h`` and kept ``10 h`` inside [0, 1] (so the function is
+    differentiable there almost surely: max-pooling over a flat region is not, its one-sided derivatives
+    differ), on a float64 copy of the model (float32, with a 10x step, when it
+    cannot run in float64). Every evaluation replays the same random numbers (common random numbers), so
+    randomised models are compared draw for draw. An image mismatches when
+    ``|AD - FD_h| > fd_rel_tolerance * max(|AD|, |FD_h|) + 4 |FD_h - FD_2h| + rounding``: the second term is the
+    finite-difference error estimated from the two steps (kinks, curvature), the last the float rounding bound.
+    Fails when the lower end of the Wilson interval of the mismatch fraction exceeds
+    ``max_gradient_mismatch_fraction``. Catches partial masking that leaves a gradient: a branch computed without
+    gradients, straight-through tricks, randomness the gradient does not see. Not applicable to a transfer
+    attack (its gradient is another model's by design).
 ``outputs_not_probabilities``
-    The model returns logits or log-probabilities, not probabilities (cross-entropy on probabilities flattens
-    the loss surface; auto-attack's ``check_range_output``).
+    The model returns logits or log-probabilities, not probabilities (cross-entropy on probabilities flattens the
+    loss surface; auto-attack's ``check_range_output``).
 ``deterministic_or_eot``
-    Two identical forward passes agree, or the evaluation uses EOT (``eot_iter > 1``) for a randomised model
-    (auto-attack's ``check_randomized``).
+    Two identical forward passes agree (and nothing randomised is declared); or the model is randomised, EOT is
+    used (``eot_iter = k > 1``) and **shown to converge**: PGD with ``2k`` passes is not significantly stronger
+    than with ``k`` (the interval of ``ASR(2k) - ASR(k)`` reaches 0) at the evaluation ε and at the sweep's most
+    informative ε (ASR nearest 50%). A randomised model with ``k = 1`` fails.
+``surrogate_vs_direct``
+    The gradient source the evaluation uses is the strongest applicable one: PGD from every other source the
+    model offers (its own gradient; BPDA through its declared surrogate; transfer from its declared classical
+    twin) is run at the same two ε, and the check fails when one of them is significantly stronger (its
+    difference interval lies above 0). The naive attacker on a masked model fails it; BPDA with a poor surrogate
+    fails it against the direct gradient. Passes as not applicable when the model offers no other source.
 
-PGD here uses ``steps`` steps of size ``alpha = step_ratio * eps / steps`` from a random start, so every ε of
-the schedule is reachable (the reference's fixed α = 2/255 cannot leave a 20/255 ball in 10 steps).
+PGD here uses ``steps`` steps of size ``alpha = step_ratio * eps / steps`` from a random start, so every ε of the
+schedule is reachable (the reference's fixed α = 2/255 cannot leave a 20/255 ball in 10 steps).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -39,11 +76,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from qshield.attacks import AttackConfig
+from qshield.attacks import (
+    NOTHING_HIDDEN,
+    Adaptive,
+    AttackConfig,
+    GradientSource,
+    HiddenParts,
+    classical_twin_of,
+    hidden_parts,
+    resolve_adaptive,
+    surrogate_of,
+)
 from qshield.attacks._imports import model_device
 from qshield.attacks._registry import check_eps
 
-from ._core import check_batch_size, check_data, eval_mode, predict, run_attack
+from ._core import check_batch_size, check_data, eval_mode, isolated_rng, predict, run_attack
+from ._metrics import CONFIDENCE, difference_interval, wilson_interval
 from ._results import AsrCurve
 
 __all__ = [
@@ -53,22 +101,36 @@ __all__ = [
     "MaskingDiagnostics",
     "check_gradient_masking",
     "judge_attack_checks",
+    "judge_eot_convergence",
+    "judge_gradient_sources",
 ]
 
 MONOTONIC = "asr_monotonic_in_eps"
 LARGE_EPS = "asr_at_large_eps"
 WHITEBOX = "whitebox_beats_blackbox"
 GRADIENTS = "input_gradients"
+FINITE_DIFF = "gradients_match_finite_differences"
 LOGITS = "outputs_not_probabilities"
 RANDOMNESS = "deterministic_or_eot"
+SOURCES = "surrogate_vs_direct"
+#: The finite-difference step is this many times ``MaskingConfig.fd_step`` when the model cannot run in float64
+#: (float32 rounding would swamp a float64-sized step).
+FLOAT32_FD_STEP_FACTOR = 10.0
+#: The finite-difference check runs at the image jittered by up to this many steps per pixel (module docstring).
+FD_JITTER_STEPS = 10.0
 #: The checks, in the order they are reported.
-CHECK_NAMES = (MONOTONIC, LARGE_EPS, WHITEBOX, GRADIENTS, LOGITS, RANDOMNESS)
+CHECK_NAMES = (MONOTONIC, LARGE_EPS, WHITEBOX, GRADIENTS, FINITE_DIFF, LOGITS, RANDOMNESS, SOURCES)
 
 
-def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r} is invalid; allowed values: a number in [0, 1]")
-    return float(value)
+def _fraction(name: str, value: object, *, open_interval: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (0.0 < v < 1.0) if open_interval else (0.0 <= v <= 1.0)
+    if not ok:
+        rule = "a number in (0, 1)" if open_interval else "a number in [0, 1]"
+        raise ValueError(f"{name}={value!r} is invalid; allowed values: {rule}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -77,9 +139,15 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+def _positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} is invalid; allowed values: a number > 0")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class MaskingConfig:
-    """Settings of :func:`check_gradient_masking` (defaults: about 64 images, a few seconds for a small CNN).
+    """Settings of :func:`check_gradient_masking` (defaults: 64 images, seconds for a small CNN).
 
     Attributes:
         n_examples: correctly classified images checked (a random subset; fewer if fewer are correct).
@@ -89,12 +157,18 @@ class MaskingConfig:
         steps: PGD steps at every ε.
         step_ratio: PGD step size as ``step_ratio * eps / steps``.
         square_queries: query budget of the Square attack.
-        monotonic_tolerance: largest allowed drop of ASR between consecutive ε.
-        min_asr_at_max_eps: smallest acceptable PGD ASR at the largest ε.
-        blackbox_tolerance: by how much Square's ASR may exceed PGD's.
-        max_zero_grad_fraction: largest acceptable fraction of images with an all-zero input gradient.
-        eot_iter: EOT passes used by the PGD runs (and counted as "EOT used" by ``deterministic_or_eot``).
-        seed: seed of the subset draw and of the attacks' randomness.
+        min_asr_at_max_eps: the ASR an unbounded PGD should reach (null value of ``asr_at_large_eps``).
+        max_zero_grad_fraction: tolerated share of images with an all-zero input gradient (null value).
+        max_gradient_mismatch_fraction: tolerated share of images whose gradient disagrees with finite
+            differences (null value).
+        fd_step: L2 length ``h`` of the finite-difference step on the [0, 1] pixel scale; the check runs on a
+            float64 copy of the model (10x this step when the model cannot run in float64).
+        fd_rel_tolerance: relative disagreement between autograd and finite differences that counts as a mismatch.
+        confidence: confidence level of every interval (default 0.95).
+        eot_iter: EOT passes of the diagnostics' attacks; None: the evaluation's choice (the adaptive mode's, i.e.
+            :data:`~qshield.attacks.AUTO_EOT_ITER` for a model that declares randomness, else 1). A randomised model
+            checked with 1 fails ``deterministic_or_eot``.
+        seed: seed of the subset draw, of the attacks' randomness and of the finite-difference directions.
         batch_size: images per attack call.
     """
 
@@ -104,11 +178,13 @@ class MaskingConfig:
     steps: int = 20
     step_ratio: float = 2.5
     square_queries: int = 300
-    monotonic_tolerance: float = 0.05
-    min_asr_at_max_eps: float = 0.95
-    blackbox_tolerance: float = 0.05
+    min_asr_at_max_eps: float = 0.99
     max_zero_grad_fraction: float = 0.05
-    eot_iter: int = 1
+    max_gradient_mismatch_fraction: float = 0.05
+    fd_step: float = 1e-4
+    fd_rel_tolerance: float = 0.1
+    confidence: float = CONFIDENCE
+    eot_iter: int | None = None
     seed: int = 0
     batch_size: int = 128
 
@@ -122,12 +198,17 @@ class MaskingConfig:
             raise ValueError(f"eps_schedule={self.eps_schedule!r} must be strictly increasing")
         object.__setattr__(self, "eps_schedule", tuple(float(e) for e in schedule))
         _positive_int("steps", self.steps)
-        if isinstance(self.step_ratio, bool) or not isinstance(self.step_ratio, (int, float)) or self.step_ratio <= 0:
-            raise ValueError(f"step_ratio={self.step_ratio!r} is invalid; allowed values: a number > 0")
+        _positive_number("step_ratio", self.step_ratio)
         _positive_int("square_queries", self.square_queries)
-        for name in ("monotonic_tolerance", "min_asr_at_max_eps", "blackbox_tolerance", "max_zero_grad_fraction"):
+        for name in ("min_asr_at_max_eps", "max_zero_grad_fraction", "max_gradient_mismatch_fraction"):
             _fraction(name, getattr(self, name))
-        _positive_int("eot_iter", self.eot_iter)
+        fd = _positive_number("fd_step", self.fd_step)
+        if fd > 0.01:
+            raise ValueError(f"fd_step={self.fd_step!r} is invalid; allowed values: a number in (0, 0.01]")
+        _positive_number("fd_rel_tolerance", self.fd_rel_tolerance)
+        _fraction("confidence", self.confidence, open_interval=True)
+        if self.eot_iter is not None:
+            _positive_int("eot_iter", self.eot_iter)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed={self.seed!r} is invalid; allowed values: an integer >= 0")
         check_batch_size(self.batch_size)
@@ -157,8 +238,19 @@ class MaskingDiagnostics:
         zero_grad_fraction: fraction of images whose input gradient is identically zero (1.0 when there is
             no gradient at all).
         grad_finite: all input-gradient entries are finite (False when there is no gradient).
-        randomized: two identical forward passes disagreed.
+        randomized: two identical forward passes disagreed, or the model declares randomness.
         outputs_are_probabilities: every output row is in [0, 1] and sums to 1.
+        config: the settings used.
+        adaptive: how the diagnostics' PGD ran (:attr:`~qshield.attacks.AdaptiveMode.label`, e.g. ``bpda+eot(8)``).
+        eot_iter: EOT passes of the diagnostics' attacks.
+        hidden: what the model declares it hides (:class:`~qshield.attacks.HiddenParts`).
+        gradient_mismatch_fraction: share of images whose gradient disagrees with finite differences (NaN when not
+            measured).
+        eot_asr: ``{"k": ASR, "2k": ASR}`` of the EOT convergence run at the evaluation ε (empty when not run).
+        source_asr: PGD ASR at the evaluation ε per gradient source run (``direct``, ``bpda``, ``transfer``), the
+            mode's own included (empty when PGD could not run).
+
+    ``dataclasses.asdict`` of it is plain data (how the orchestrator logs it).
     """
 
     checks: tuple[CheckResult, ...]
@@ -173,6 +265,12 @@ class MaskingDiagnostics:
     randomized: bool = False
     outputs_are_probabilities: bool = False
     config: MaskingConfig = field(default_factory=MaskingConfig)
+    adaptive: str = "none"
+    eot_iter: int = 1
+    hidden: HiddenParts = NOTHING_HIDDEN
+    gradient_mismatch_fraction: float = math.nan
+    eot_asr: dict[str, float] = field(default_factory=dict)
+    source_asr: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -201,6 +299,99 @@ class MaskingDiagnostics:
         return "\n".join(f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks)
 
 
+# ---------------------------------------------------------------------------------------------------- rules
+
+
+def _pct(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _ci(low: float, high: float) -> str:
+    return f"[{_pct(low)}, {_pct(high)}]"
+
+
+def _count(name: str, value: object, n: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= n:
+        raise ValueError(f"{name}={value!r} is invalid; allowed values: an integer in 0..n={n}")
+    return value
+
+
+def judge_attack_checks(
+    pgd_fooled: Sequence[int],
+    pgd_at_eps: int,
+    square_at_eps: int,
+    n: int,
+    eps: float,
+    config: MaskingConfig,
+) -> tuple[CheckResult, CheckResult, CheckResult]:
+    """Decide the three attack-based checks from measured counts (rules in the module docstring).
+
+    Args:
+        pgd_fooled: images PGD fooled at each ε of ``config.eps_schedule`` (of ``n``).
+        pgd_at_eps: images PGD fooled at the comparison ε.
+        square_at_eps: images Square fooled at the comparison ε.
+        n: images attacked (the same ``n`` for every run).
+        eps: the comparison ε (for the message).
+        config: null values and the confidence level.
+
+    Returns:
+        ``(asr_monotonic_in_eps, asr_at_large_eps, whitebox_beats_blackbox)``.
+    """
+    _positive_int("n", n)
+    if len(pgd_fooled) != len(config.eps_schedule):
+        raise ValueError(f"pgd_fooled has {len(pgd_fooled)} values for an eps_schedule of {len(config.eps_schedule)}")
+    counts = [_count(f"pgd_fooled[{i}]", k, n) for i, k in enumerate(pgd_fooled)]
+    pgd_at_eps = _count("pgd_at_eps", pgd_at_eps, n)
+    square_at_eps = _count("square_at_eps", square_at_eps, n)
+    conf = config.confidence
+    level = f"{100 * conf:g}%"
+    curve = ", ".join(f"{e:.4g}:{k / n:.3f}" for e, k in zip(config.eps_schedule, counts))
+    worst: tuple[float, float, float, float, float] | None = None  # (low, d, high, eps_i, eps_j)
+    for (i, ki), (j, kj) in itertools.combinations(enumerate(counts), 2):
+        d, low, high = difference_interval(ki, n, kj, n, conf)
+        if worst is None or low > worst[0]:
+            worst = (low, d, high, config.eps_schedule[i], config.eps_schedule[j])
+    if worst is None:
+        mono = CheckResult(MONOTONIC, True, f"PGD ASR by eps [{curve}]; a single ε: nothing to compare")
+    else:
+        low, d, high, ei, ej = worst
+        mono = CheckResult(
+            MONOTONIC,
+            not low > 0,
+            f"PGD ASR by eps [{curve}]; largest drop ASR(eps={ei:.4g}) - ASR(eps={ej:.4g}) = {d:+.3f}, {level} "
+            f"Newcombe CI {_ci(low, high)} (fails when the CI lies above 0)",
+        )
+    lo, hi = wilson_interval(counts[-1], n, conf)
+    large = CheckResult(
+        LARGE_EPS,
+        not hi < config.min_asr_at_max_eps,
+        f"PGD ASR {counts[-1] / n:.3f} at eps={config.eps_schedule[-1]:.4g}, {level} Wilson CI {_ci(lo, hi)} "
+        f"(fails when the CI lies below {config.min_asr_at_max_eps:.3f})",
+    )
+    d, low, high = difference_interval(square_at_eps, n, pgd_at_eps, n, conf)
+    white = CheckResult(
+        WHITEBOX,
+        not low > 0,
+        f"at eps={eps:.4g}: Square ASR {square_at_eps / n:.3f} - PGD ASR {pgd_at_eps / n:.3f} = {d:+.3f}, {level} "
+        f"Newcombe CI {_ci(low, high)} (fails when the CI lies above 0)",
+    )
+    return mono, large, white
+
+
+def _exceeds(name: str, k: int, n: int, bound: float, conf: float, what: str) -> CheckResult:
+    """Fails when the Wilson interval of ``k / n`` lies entirely above ``bound``."""
+    lo, hi = wilson_interval(k, n, conf)
+    return CheckResult(
+        name,
+        not lo > bound,
+        f"{what} {k}/{n} = {k / n:.3f}, {100 * conf:g}% Wilson CI {_ci(lo, hi)} (fails when the CI lies above "
+        f"{bound:.3f})",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ machinery
+
+
 def _select(
     model: nn.Module,
     images: torch.Tensor,
@@ -217,14 +408,16 @@ def _select(
     chosen: list[torch.Tensor] = []
     found = 0
     chunk = max(2 * config.n_examples, config.batch_size)
-    for start in range(0, len(order), chunk):
-        idx = order[start : start + chunk]
-        pred = predict(model, images[idx], config.batch_size)
-        good = idx[pred == labels[idx]]
-        chosen.append(good)
-        found += len(good)
-        if found >= config.n_examples:
-            break
+    device = model_device(model)
+    with isolated_rng(config.seed, device):
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            pred = predict(model, images[idx], config.batch_size)
+            good = idx[pred == labels[idx]]
+            chosen.append(good)
+            found += len(good)
+            if found >= config.n_examples:
+                break
     return torch.cat(chosen)[: config.n_examples]
 
 
@@ -233,7 +426,7 @@ def _gradient_check(
 ) -> tuple[CheckResult, bool, float, bool]:
     """Input gradients of the summed CE loss; returns (check, has_gradient, zero_fraction, finite)."""
     x = x.clone().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), isolated_rng(config.seed, x.device):
         loss = F.cross_entropy(model(x), y, reduction="sum")
         if not loss.requires_grad:
             return (
@@ -251,60 +444,94 @@ def _gradient_check(
             False,
         )
     finite = bool(torch.isfinite(grad).all())
-    zero = float((grad.flatten(1).abs().amax(dim=1) == 0).float().mean())
-    passed = finite and zero <= config.max_zero_grad_fraction
-    detail = f"finite={finite}, zero-gradient fraction={zero:.3f} (allowed <= {config.max_zero_grad_fraction:.3f})"
-    return CheckResult(GRADIENTS, passed, detail), True, zero, finite
+    zero_mask = grad.flatten(1).abs().amax(dim=1) == 0
+    n_zero, n = int(zero_mask.sum()), len(zero_mask)
+    rule = _exceeds(GRADIENTS, n_zero, n, config.max_zero_grad_fraction, config.confidence, "all-zero gradients")
+    passed = finite and rule.passed
+    detail = f"finite={finite}; " + rule.detail
+    return CheckResult(GRADIENTS, passed, detail), True, n_zero / n, finite
 
 
-def _pgd(eps: float, config: MaskingConfig) -> AttackConfig:
+def _float64_copy(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor, str]:
+    """A float64 deep copy of ``module`` and ``x`` (rounding far below any gradient effect), or the originals in
+    float32 when the module cannot run in float64 (the reason is returned)."""
+    try:
+        double = copy.deepcopy(module).double()
+        with torch.no_grad():
+            double(x[:1].double())
+        return double, x.double(), "float64"
+    except (RuntimeError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
+        reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__
+        return module, x, f"float32 (the model does not run in float64: {reason})"
+
+
+def _finite_difference_check(
+    grad_model: nn.Module, x: torch.Tensor, n_classes: int, config: MaskingConfig
+) -> tuple[CheckResult, float]:
+    """Autograd vs finite-difference directional derivatives under common random numbers (module docstring)."""
+    seed, device = config.seed, x.device
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    model, x, precision = _float64_copy(grad_model, x)
+    h = config.fd_step if x.dtype == torch.float64 else FLOAT32_FD_STEP_FACTOR * config.fd_step
+    # A point near the image where the function is differentiable almost surely: pixels jittered by up to
+    # J = 10 h (breaks the ties of max-pooling over flat image regions, where the one-sided derivatives differ)
+    # and moved into [J, 1 - J], so x0 +- 2h v stays in [0, 1] (|v_i| <= |v|_2 = 1).
+    jitter = FD_JITTER_STEPS * h
+    noise = torch.rand(x.shape, generator=gen, dtype=torch.float64).to(x) * 2 - 1
+    x0 = (x * (1 - 4 * jitter) + 2 * jitter + jitter * noise).detach()
+    v = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0)
+    v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (x0.ndim - 1)))
+    u = torch.randn(len(x0), n_classes, generator=gen, dtype=torch.float64).to(device=device)
+
+    def value(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), isolated_rng(seed, device):
+            return model(inputs).double()
+
+    xg = x0.clone().requires_grad_(True)
+    with torch.enable_grad(), isolated_rng(seed, device):
+        out = model(xg)
+        s = (u.to(out.dtype) * out).sum()
+        grad = torch.autograd.grad(s, xg, allow_unused=True)[0] if s.requires_grad else None
+    if grad is None:
+        return CheckResult(FINITE_DIFF, False, "no input gradient to compare (the output is not differentiable)"), 1.0
+    ad = (grad.double() * v.double()).flatten(1).sum(dim=1)
+    if not torch.equal(value(x0), value(x0)):
+        return (
+            CheckResult(
+                FINITE_DIFF,
+                False,
+                "the model's randomness is not reproduced by seeding torch and numpy, so its gradient cannot be "
+                "checked against its function (and an attack's gradient is one of many functions)",
+            ),
+            1.0,
+        )
+    fd = {}
+    eps_machine = torch.finfo(out.dtype).eps
+    rounding = torch.zeros(len(x0), dtype=torch.float64, device=device)
+    for t in (h, 2 * h):
+        plus, minus = value(x0 + t * v), value(x0 - t * v)
+        fd[t] = ((u * plus).sum(dim=1) - (u * minus).sum(dim=1)) / (2 * t)
+        if t == h:
+            rounding = 8 * eps_machine * (u.abs() * (plus.abs() + minus.abs())).sum(dim=1) / (2 * t)
+    fd_h, fd_2h = fd[h], fd[2 * h]
+    tolerance = config.fd_rel_tolerance * torch.maximum(ad.abs(), fd_h.abs()) + 4 * (fd_h - fd_2h).abs() + rounding
+    mismatch = ~torch.isfinite(ad) | ((ad - fd_h).abs() > tolerance)
+    k, n = int(mismatch.sum()), len(mismatch)
+    rule = _exceeds(FINITE_DIFF, k, n, config.max_gradient_mismatch_fraction, config.confidence,
+                    "gradients disagreeing with finite differences")
+    finite = torch.isfinite(ad)
+    rel = ((ad - fd_h).abs() / torch.maximum(ad.abs(), fd_h.abs()).clamp_min(1e-300))[finite]
+    median = float(rel.median()) if len(rel) else math.nan
+    detail = (f"{precision}, step {h:.3g}: median relative difference {median:.3g} (tolerance "
+              f"{config.fd_rel_tolerance:g}); " + rule.detail)
+    return CheckResult(FINITE_DIFF, rule.passed, detail), k / n
+
+
+def _pgd(eps: float, config: MaskingConfig, eot_iter: int) -> AttackConfig:
     alpha = min(1.0, config.step_ratio * eps / config.steps)
     return AttackConfig(
-        "pgd", eps, {"alpha": alpha, "steps": config.steps, "random_start": True, "eot_iter": config.eot_iter}
+        "pgd", eps, {"alpha": alpha, "steps": config.steps, "random_start": True, "eot_iter": eot_iter}
     ).resolve()
-
-
-def judge_attack_checks(
-    pgd_asr: tuple[float, ...],
-    pgd_at_eps: float,
-    square_at_eps: float,
-    eps: float,
-    config: MaskingConfig,
-) -> tuple[CheckResult, CheckResult, CheckResult]:
-    """Decide the three attack-based checks from measured ASRs.
-
-    Args:
-        pgd_asr: PGD ASR at each ε of ``config.eps_schedule``.
-        pgd_at_eps: PGD ASR at the comparison ε.
-        square_at_eps: Square ASR at the comparison ε.
-        eps: the comparison ε (for the message).
-        config: thresholds.
-
-    Returns:
-        ``(asr_monotonic_in_eps, asr_at_large_eps, whitebox_beats_blackbox)``.
-    """
-    if len(pgd_asr) != len(config.eps_schedule):
-        raise ValueError(f"pgd_asr has {len(pgd_asr)} values for an eps_schedule of {len(config.eps_schedule)}")
-    drops = [a - b for a, b in itertools.pairwise(pgd_asr)]
-    worst = max(drops, default=0.0)
-    curve = ", ".join(f"{e:.4g}:{a:.3f}" for e, a in zip(config.eps_schedule, pgd_asr))
-    mono = CheckResult(
-        MONOTONIC,
-        worst <= config.monotonic_tolerance,
-        f"PGD ASR by eps [{curve}]; largest drop {max(worst, 0.0):.3f} (allowed <= {config.monotonic_tolerance:.3f})",
-    )
-    large = CheckResult(
-        LARGE_EPS,
-        pgd_asr[-1] >= config.min_asr_at_max_eps,
-        f"PGD ASR {pgd_asr[-1]:.3f} at eps={config.eps_schedule[-1]:.4g} (required >= {config.min_asr_at_max_eps:.3f})",
-    )
-    white = CheckResult(
-        WHITEBOX,
-        pgd_at_eps >= square_at_eps - config.blackbox_tolerance,
-        f"at eps={eps:.4g}: PGD ASR {pgd_at_eps:.3f} vs Square ASR {square_at_eps:.3f} "
-        f"(Square may exceed PGD by <= {config.blackbox_tolerance:.3f})",
-    )
-    return mono, large, white
 
 
 def check_gradient_masking(
@@ -316,6 +543,7 @@ def check_gradient_masking(
     config: MaskingConfig | None = None,
     clean_predictions: torch.Tensor | None = None,
     progress: bool = False,
+    adaptive: Adaptive | str = Adaptive.AUTO,
 ) -> MaskingDiagnostics:
     """Run the gradient-masking checks (module docstring) on a small subset.
 
@@ -327,6 +555,8 @@ def check_gradient_masking(
         config: :class:`MaskingConfig` (defaults when None).
         clean_predictions: the model's clean predictions ``[N]`` if already computed (saves a pass).
         progress: show a tqdm bar over the attack runs.
+        adaptive: the attack mode checked (``auto``, ``off``, ``bpda``, ``transfer``; see
+            :func:`qshield.attacks.resolve_adaptive`); use the evaluation's.
 
     Returns:
         :class:`MaskingDiagnostics`; ``.passed`` is False when any check fails or when no image is classified
@@ -335,6 +565,7 @@ def check_gradient_masking(
     config = config or MaskingConfig()
     if not isinstance(config, MaskingConfig):
         raise ValueError(f"config must be a MaskingConfig, got {type(config).__name__}")
+    adaptive = Adaptive.parse(adaptive)
     comparison_eps = config.eps if config.eps is not None else check_eps(eps)
     if comparison_eps is None:
         raise ValueError("eps=None: the white-box vs black-box check needs an ε; pass eps= or MaskingConfig(eps=...)")
@@ -343,20 +574,25 @@ def check_gradient_masking(
         raise ValueError(
             f"clean_predictions has shape {tuple(clean_predictions.shape)}; allowed values: shape {tuple(labels.shape)}"
         )
+    hidden = hidden_parts(model)
+    # The mode of the diagnostics' PGD (and its EOT), resolved like the evaluation's (raises on a bad forced mode).
+    _, mode = resolve_adaptive(model, _pgd(comparison_eps, config, config.eot_iter or 1), adaptive)
+    eot = mode.eot_iter  # config.eot_iter, or the mode's automatic choice (declared randomness under "auto")
     device = model_device(model)
     with eval_mode(model):
         idx = _select(model, images, labels, clean_predictions, config)
         n = len(idx)
         if n == 0:
             checks = tuple(CheckResult(name, False, "not run: no correctly classified image") for name in CHECK_NAMES)
-            return MaskingDiagnostics(checks, 0, comparison_eps, config.eps_schedule, config=config)
+            return MaskingDiagnostics(checks, 0, comparison_eps, config.eps_schedule, config=config,
+                                      adaptive=mode.label, eot_iter=eot, hidden=hidden)
         x, y = images[idx], labels[idx]
         xd, yd = x.to(device), y.to(device)
 
         with torch.no_grad():
             out1 = model(xd)
             out2 = model(xd)
-        randomized = not torch.allclose(out1, out2, rtol=1e-5, atol=1e-6)
+        randomized = hidden.randomized or not torch.allclose(out1, out2, rtol=1e-5, atol=1e-6)
         is_prob = bool(((out1 >= 0) & (out1 <= 1)).all()) and bool(
             torch.allclose(out1.sum(dim=1), torch.ones_like(out1[:, 0]), atol=1e-4)
         )
@@ -367,43 +603,91 @@ def check_gradient_masking(
             if is_prob
             else "outputs are logits or log-probabilities",
         )
-        random_check = CheckResult(
-            RANDOMNESS,
-            (not randomized) or config.eot_iter > 1,
-            f"randomized={randomized}, eot_iter={config.eot_iter}"
-            + (" (a randomised model needs EOT: eot_iter > 1)" if randomized and config.eot_iter == 1 else ""),
-        )
-        grad_check, has_grad, zero_fraction, finite = _gradient_check(model, xd, yd, config)
+        grad_model = mode.attack_model(model)
+        grad_check, has_grad, zero_fraction, finite = _gradient_check(grad_model, xd, yd, config)
+        if mode.source is GradientSource.TRANSFER:
+            fd_check = CheckResult(FINITE_DIFF, True, "not applicable: a transfer attack reads the classical twin's "
+                                   "gradient by design")
+            mismatch = math.nan
+        elif not (has_grad and finite):
+            fd_check = CheckResult(FINITE_DIFF, False, "not run: " + grad_check.detail)
+            mismatch = 1.0
+        else:
+            fd_check, mismatch = _finite_difference_check(grad_model, xd, int(out1.shape[1]), config)
+
+        clean_sub = y.clone()  # the subset is correctly classified by construction
+
+        def pgd_run(eps_value: float, source: str | None, eot_iter: int, bar: tqdm) -> int:
+            """Images fooled by PGD at ``eps_value`` from ``source`` (None: the mode's) with ``eot_iter`` passes."""
+            cfg = _pgd(eps_value, config, eot_iter)
+            how = adaptive if source is None else {"direct": Adaptive.OFF, "bpda": Adaptive.BPDA,
+                                                   "transfer": Adaptive.TRANSFER}[source]
+            result, _ = run_attack(model, x, y, clean_sub, cfg, batch_size=config.batch_size, seed=config.seed,
+                                   bar=bar, adaptive=how)
+            return result.n_fooled
 
         pgd_asr: tuple[float, ...] = ()
         pgd_at_eps = square_at_eps = math.nan
-        if has_grad and finite:
-            runs = [_pgd(e, config) for e in config.eps_schedule]
-            reuse = comparison_eps in config.eps_schedule  # PGD at the comparison ε is already in the sweep
-            if not reuse:
-                runs.append(_pgd(comparison_eps, config))
-            square = AttackConfig("square", comparison_eps, {"n_queries": config.square_queries, "seed": config.seed})
-            runs.append(square.resolve())
-            clean_sub = y.clone()  # the subset is correctly classified by construction
-            asrs = []
-            with tqdm(total=len(runs) * n, desc="masking checks", disable=not progress, leave=False) as bar:
-                for run in runs:
-                    result, _ = run_attack(
-                        model, x, y, clean_sub, run, batch_size=config.batch_size, seed=config.seed, bar=bar
-                    )
-                    asrs.append(result.asr)
-            pgd_asr = tuple(asrs[: len(config.eps_schedule)])
-            square_at_eps = asrs[-1]
-            pgd_at_eps = pgd_asr[config.eps_schedule.index(comparison_eps)] if reuse else asrs[-2]
-            mono, large, white = judge_attack_checks(pgd_asr, pgd_at_eps, square_at_eps, comparison_eps, config)
+        eot_asr: dict[str, float] = {}
+        source_asr: dict[str, float] = {}
+        if (has_grad and finite) or mode.source is GradientSource.TRANSFER:
+            with tqdm(desc="masking checks", disable=not progress, leave=False) as bar:
+                fooled = [pgd_run(e, None, eot, bar) for e in config.eps_schedule]
+                if comparison_eps in config.eps_schedule:
+                    k_eps = fooled[config.eps_schedule.index(comparison_eps)]
+                else:
+                    k_eps = pgd_run(comparison_eps, None, eot, bar)
+                square = AttackConfig(
+                    "square", comparison_eps, {"n_queries": config.square_queries, "seed": config.seed,
+                                               "eot_iter": eot}
+                ).resolve()
+                sq_result, _ = run_attack(model, x, y, clean_sub, square, batch_size=config.batch_size,
+                                          seed=config.seed, bar=bar, adaptive=Adaptive.OFF)
+                k_square = sq_result.n_fooled
+                mono, large, white = judge_attack_checks(fooled, k_eps, k_square, n, comparison_eps, config)
+                pgd_asr = tuple(k / n for k in fooled)
+                pgd_at_eps, square_at_eps = k_eps / n, k_square / n
+                # the two ε of the comparisons: the evaluation's and the sweep's most informative one
+                informative = min(range(len(fooled)), key=lambda i: (abs(fooled[i] / n - 0.5), i))
+                check_eps_values = [(comparison_eps, k_eps)]
+                if config.eps_schedule[informative] != comparison_eps:
+                    check_eps_values.append((config.eps_schedule[informative], fooled[informative]))
+                eot_runs = []
+                if randomized and eot > 1:
+                    eot_runs = [(e, k, pgd_run(e, None, 2 * eot, bar)) for e, k in check_eps_values]
+                    eot_asr.update({"k": eot_runs[0][1] / n, "2k": eot_runs[0][2] / n})
+                random_check = judge_eot_convergence(randomized, eot, eot_runs, n, config)
+                own = mode.source.value
+                others = [s for s in _offered_sources(model) if s != own]
+                unusable: set[str] = set()
+
+                def other_run(eps_value: float, source: str) -> int:
+                    try:
+                        return pgd_run(eps_value, source, eot, bar)
+                    except RuntimeError:  # run_attack's "failed on this model": that source has no usable gradient
+                        unusable.add(source)
+                        return 0
+
+                source_runs = [(e, k, {s: other_run(e, s) for s in others}) for e, k in check_eps_values]
+                source_asr.update({own: k_eps / n, **{s: c / n for s, c in source_runs[0][2].items()}})
+                sources_check = judge_gradient_sources(own, source_runs, n, config)
+                if unusable:
+                    note = "; ".join(f"{s}: no usable gradient, counted as fooling none" for s in sorted(unusable))
+                    sources_check = CheckResult(SOURCES, sources_check.passed, f"{sources_check.detail}; {note}")
         else:
             why = "not run: no usable input gradient for PGD (" + grad_check.detail + ")"
             mono = CheckResult(MONOTONIC, False, why)
             large = CheckResult(LARGE_EPS, False, why)
             white = CheckResult(WHITEBOX, False, why)
+            random_check = CheckResult(
+                RANDOMNESS,
+                not randomized,
+                f"randomized={randomized}" + ("; EOT convergence " + why if randomized else ""),
+            )
+            sources_check = CheckResult(SOURCES, False, why)
 
     return MaskingDiagnostics(
-        checks=(mono, large, white, grad_check, logits_check, random_check),
+        checks=(mono, large, white, grad_check, fd_check, logits_check, random_check, sources_check),
         n_examples=n,
         eps=comparison_eps,
         eps_schedule=config.eps_schedule,
@@ -415,4 +699,98 @@ def check_gradient_masking(
         randomized=randomized,
         outputs_are_probabilities=is_prob,
         config=config,
+        adaptive=mode.label,
+        eot_iter=eot,
+        hidden=hidden,
+        gradient_mismatch_fraction=mismatch,
+        eot_asr=dict(eot_asr),
+        source_asr=dict(source_asr),
     )
+
+
+def _offered_sources(model: nn.Module) -> list[str]:
+    """The gradient sources a model offers: always ``direct``; ``bpda`` with a surrogate; ``transfer`` with a twin."""
+    offered = ["direct"]
+    if surrogate_of(model) is not None:
+        offered.append("bpda")
+    if classical_twin_of(model) is not None:
+        offered.append("transfer")
+    return offered
+
+
+def judge_eot_convergence(
+    randomized: bool,
+    eot_iter: int,
+    runs: Sequence[tuple[float, int, int]],
+    n: int,
+    config: MaskingConfig,
+) -> CheckResult:
+    """Decide ``deterministic_or_eot`` (module docstring).
+
+    Args:
+        randomized: the model is randomised (found or declared).
+        eot_iter: EOT passes ``k`` of the checked attacks.
+        runs: per ε checked, ``(eps, fooled with k passes, fooled with 2k passes)`` (of ``n``); ignored when the
+            model is deterministic or ``k == 1``.
+        n: images attacked.
+        config: the confidence level.
+    """
+    if not randomized:
+        return CheckResult(RANDOMNESS, True, "deterministic: two identical forward passes agree and no randomness is "
+                           "declared")
+    if eot_iter == 1:
+        return CheckResult(RANDOMNESS, False, "randomised model checked without EOT (eot_iter=1): every gradient and "
+                           "score is one random draw; set eot_iter > 1 (or declare the randomness: HiddenParts)")
+    if not runs:
+        raise ValueError("runs is empty; allowed values: at least one (eps, fooled with k, fooled with 2k)")
+    _positive_int("n", n)
+    parts, passed = [], True
+    for eps_value, k_single, k_double in runs:
+        _count("fooled with k", k_single, n)
+        _count("fooled with 2k", k_double, n)
+        d, low, high = difference_interval(k_double, n, k_single, n, config.confidence)
+        converged = not low > 0
+        passed = passed and converged
+        parts.append(
+            f"eps={eps_value:.4g}: ASR with {2 * eot_iter} passes {k_double / n:.3f} vs {eot_iter} passes "
+            f"{k_single / n:.3f}, difference {d:+.3f} CI {_ci(low, high)}" + ("" if converged else " NOT CONVERGED")
+        )
+    return CheckResult(RANDOMNESS, passed, f"randomised; EOT k={eot_iter}: " + "; ".join(parts)
+                       + f" ({100 * config.confidence:g}% Newcombe CI; fails when doubling the passes is "
+                       "significantly stronger)")
+
+
+def judge_gradient_sources(
+    own: str,
+    runs: Sequence[tuple[float, int, Mapping[str, int]]],
+    n: int,
+    config: MaskingConfig,
+) -> CheckResult:
+    """Decide ``surrogate_vs_direct`` (module docstring).
+
+    Args:
+        own: the gradient source of the evaluation's mode (``direct``, ``bpda``, ``transfer``).
+        runs: per ε checked, ``(eps, fooled by the mode's PGD, {other source: fooled by its PGD})`` (of ``n``).
+        n: images attacked.
+        config: the confidence level.
+    """
+    others = sorted({s for _, _, counts in runs for s in counts})
+    if not others:
+        return CheckResult(SOURCES, True, f"not applicable: the model offers no gradient source besides {own!r} "
+                           "(no surrogate or classical twin declared)")
+    _positive_int("n", n)
+    passed, parts = True, []
+    for eps_value, k_mode, counts in runs:
+        _count(f"fooled by {own}", k_mode, n)
+        for other, k in counts.items():
+            _count(f"fooled by {other}", k, n)
+            d, low, high = difference_interval(k, n, k_mode, n, config.confidence)
+            significant = low > 0
+            passed = passed and not significant
+            parts.append(
+                f"eps={eps_value:.4g}: {other} {k / n:.3f} vs {own} {k_mode / n:.3f}, difference {d:+.3f} CI "
+                f"{_ci(low, high)}" + (" SIGNIFICANT" if significant else "")
+            )
+    return CheckResult(SOURCES, passed, f"PGD from {own} vs " + ", ".join(others) + ": " + "; ".join(parts)
+                       + f" ({100 * config.confidence:g}% Newcombe CI; fails when another source is significantly "
+                       "stronger)")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qshield.attacks import AttackConfig
+from qshield.attacks import Adaptive, AttackConfig
 from qshield.attacks._registry import check_eps
 
 from ._core import check_batch_size, run_attack
@@ -83,11 +83,14 @@ def minimal_eps(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = False,
+    adaptive: Adaptive | str = Adaptive.AUTO,
 ) -> MinimalEps:
     """Smallest flipping ε of every correctly classified image (module docstring).
 
     The model must already be in the mode it is evaluated in (eval). ``clean_pred`` are its clean predictions
-    ``[N]``; only images with ``clean_pred == labels`` are measured, in index order.
+    ``[N]``; only images with ``clean_pred == labels`` are measured, in index order. ``adaptive`` is the attack
+    mode of every PGD run (:func:`~qshield.attacks.resolve_adaptive`; ``auto``: BPDA / EOT for a model that
+    declares hidden parts).
 
     Returns:
         :class:`~qshield.evaluation.MinimalEps` whose ``values`` follow the order of the attacked images.
@@ -107,7 +110,7 @@ def minimal_eps(
     def fools(idx: torch.Tensor, eps: float, round_seed: int) -> torch.Tensor:
         sub_y = y[idx]
         _, adv_pred = run_attack(model, x[idx], sub_y, sub_y.clone(), config.attack(eps), batch_size=batch_size,
-                                 seed=round_seed)
+                                 seed=round_seed, adaptive=adaptive)
         return adv_pred != sub_y
 
     with tqdm(total=n * (config.rounds + 1), desc="minimal eps", disable=not progress, leave=False) as bar:

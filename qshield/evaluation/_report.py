@@ -44,6 +44,7 @@ TABLE_COLUMNS = (
     "robust_accuracy_ci_low",
     "robust_accuracy_ci_high",
     "reaches_eps",
+    "adaptive",
     "seconds_per_example",
     "forward_per_example",
     "backward_per_example",
@@ -85,13 +86,14 @@ def results_table(reports: EvaluationReport | Sequence[EvaluationReport]) -> pd.
                 "attack": r.attack,
                 "eps": math.nan if r.eps is None else r.eps,
                 "reaches_eps": r.reaches_eps,
+                "adaptive": r.adaptive,
                 "seconds_per_example": r.seconds_per_example,
                 "forward_per_example": r.forward_per_example,
                 "backward_per_example": r.backward_per_example,
                 "n_total": r.n_total,
                 "n_attacked": r.n_attacked,
-                "trustworthy": rep.trustworthy,
-                "masking": rep.flag,
+                "trustworthy": rep.row_trustworthy(r),
+                "masking": rep.row_flag(r),
             }
             for rate in ("odr", "asr", "robust_accuracy"):
                 row[rate] = getattr(r, rate)
@@ -109,6 +111,7 @@ def results_table(reports: EvaluationReport | Sequence[EvaluationReport]) -> pd.
                 "asr": wc.asr,
                 "robust_accuracy": wc.robust_accuracy,
                 "reaches_eps": all(r.reaches_eps for r in rep.results),
+                "adaptive": "/".join(dict.fromkeys(r.adaptive for r in rep.results)),
                 "seconds_per_example": sum(r.seconds_per_example for r in rep.results),
                 "forward_per_example": sum(r.forward_per_example for r in rep.results),
                 "backward_per_example": sum(r.backward_per_example for r in rep.results),
@@ -155,9 +158,10 @@ def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[EvaluationReport]) -> str:
-    """The results table as Markdown (rates in % with their 95% Wilson intervals), flagging numbers of models
-    that failed or skipped the gradient-masking diagnostics or are near chance with ``⚠``, and rows whose attack
-    cannot reach its ε with ``†``, each with a footnote."""
+    """The results table as Markdown (rates in % with their 95% Wilson intervals, the adaptive mode of each row),
+    flagging untrustworthy numbers (the model failed or skipped the gradient-masking diagnostics, is near chance, or
+    the row lacks the adaptive treatment the model needs) with ``⚠``, and rows whose attack cannot reach its ε with
+    ``†``, each with a footnote."""
     df = table if isinstance(table, pd.DataFrame) else results_table(table)
     missing = [c for c in TABLE_COLUMNS if c not in df.columns]
     if missing:
@@ -166,6 +170,7 @@ def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[Evaluation
         "model",
         "attack",
         "ε",
+        "adaptive",
         "ODR % [95% CI]",
         "ASR % [95% CI]",
         "robust acc % [95% CI]",
@@ -187,6 +192,7 @@ def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[Evaluation
                 str(r["model"]),
                 attack + dagger,
                 _eps_text(r["eps"]),
+                str(r["adaptive"]),
                 _pct_ci(r["odr"], r["odr_ci_low"], r["odr_ci_high"]) + mark,
                 _pct_ci(r["asr"], r["asr_ci_low"], r["asr_ci_high"]) + mark,
                 _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci_low"], r["robust_accuracy_ci_high"]) + mark,
@@ -199,9 +205,10 @@ def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[Evaluation
     text = _markdown(headers, rows)
     if flagged:
         text += (
-            f"\n\n{_FLAG} Not trustworthy: the model failed (or did not run) the gradient-masking diagnostics, or its "
-            "clean accuracy is near chance; its ASR may understate what an adaptive attacker achieves, and its "
-            "robust accuracy may overstate robustness."
+            f"\n\n{_FLAG} Not trustworthy: the model failed (or did not run) the gradient-masking diagnostics, its "
+            "clean accuracy is near chance, or the row was attacked without the adaptive treatment the model needs "
+            "(EOT for a randomised model, BPDA/transfer for a declared non-differentiable part); its ASR may "
+            "understate what an adaptive attacker achieves, and its robust accuracy may overstate robustness."
         )
     if weak:
         text += (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from qshield.attacks import AttackConfig
+from qshield.attacks import ATTACKS, NOTHING_HIDDEN, AttackConfig, HiddenParts
 
 from ._metrics import wilson_interval
 
@@ -51,6 +51,8 @@ class AttackResult:
         config: the resolved configuration (every parameter filled in).
         reaches_eps: False when the attack's step size × steps cannot reach its ε (only when the run opted in
             with ``allow_unreachable``; such a row understates what the threat model allows and is labelled).
+        adaptive: how the attack was run (:attr:`qshield.attacks.AdaptiveMode.label`): ``none`` (the model's own
+            gradient, no EOT), ``eot(k)``, ``bpda``, ``bpda+eot(k)``, ``transfer``, ``transfer+eot(k)``.
 
     Intervals (95% Wilson, from the counts): :attr:`odr_ci`, :attr:`asr_ci`, :attr:`robust_accuracy_ci`.
     """
@@ -68,6 +70,20 @@ class AttackResult:
     n_fooled: int = 0
     config: AttackConfig | None = None
     reaches_eps: bool = True
+    adaptive: str = "none"
+
+    @property
+    def eot_iter(self) -> int:
+        """EOT passes the attack averaged (1 = none), from its config."""
+        if self.config is None:
+            return 1
+        return int(self.config.params.get("eot_iter", 1))
+
+    @property
+    def gradient_source(self) -> str:
+        """``direct``, ``bpda`` or ``transfer``: where a white-box attack read its gradient (from :attr:`adaptive`)."""
+        head = self.adaptive.split("+")[0]
+        return head if head in ("bpda", "transfer") else "direct"
 
     @property
     def odr_ci(self) -> Interval:
@@ -241,6 +257,12 @@ class EvaluationReport:
         num_classes: classes the model outputs (sets the chance level), None when unknown.
         worst_case: the per-example worst case over ``results`` (:class:`WorstCase`), None without attacks.
         min_eps: smallest flipping ε per image (:class:`MinimalEps`), None when not measured.
+        hidden: what the model declares it hides (:class:`~qshield.attacks.HiddenParts`; nothing by default).
+
+    A row (one :class:`AttackResult`) is trustworthy when the report is (diagnostics ran and passed, not near
+    chance) and the row got the adaptive treatment the model needs (:meth:`row_flags`): a randomised model
+    (declared, or found randomised by the diagnostics) attacked without EOT, or a model declaring a
+    non-differentiable part attacked with a white-box attack through its own gradient, is flagged.
     """
 
     model: str
@@ -252,6 +274,29 @@ class EvaluationReport:
     num_classes: int | None = None
     worst_case: WorstCase | None = None
     min_eps: MinimalEps | None = None
+    hidden: HiddenParts = NOTHING_HIDDEN
+
+    @property
+    def randomized(self) -> bool:
+        """The model declares randomness or the diagnostics found two identical forward passes to differ."""
+        return self.hidden.randomized or (self.diagnostics is not None and self.diagnostics.randomized)
+
+    def row_flags(self, result: AttackResult) -> tuple[str, ...]:
+        """Why ``result`` cannot be trusted whatever the diagnostics say (empty when nothing is wrong with it):
+        ``no EOT`` on a randomised model, ``no BPDA/transfer`` for a white-box attack on a model declaring a
+        non-differentiable part."""
+        flags = []
+        if self.randomized and result.eot_iter == 1:
+            flags.append("no EOT")
+        preset = ATTACKS.get(result.attack)
+        white_box = preset.white_box if preset is not None else True
+        if self.hidden.non_differentiable and white_box and result.gradient_source == "direct":
+            flags.append("no BPDA/transfer")
+        return tuple(flags)
+
+    def row_trustworthy(self, result: AttackResult) -> bool:
+        """The report is trustworthy as a whole and ``result`` has no :meth:`row_flags`."""
+        return self._checked_and_sane and not self.row_flags(result)
 
     @property
     def n_correct(self) -> int:
@@ -279,13 +324,27 @@ class EvaluationReport:
         return self.odr_ci[0] <= self.chance + CHANCE_MARGIN
 
     @property
-    def trustworthy(self) -> bool:
-        """True only when the diagnostics ran, every check passed, and the model is not near chance."""
+    def _checked_and_sane(self) -> bool:
         return self.diagnostics is not None and self.diagnostics.passed and not self.near_chance
 
     @property
+    def trustworthy(self) -> bool:
+        """True only when the diagnostics ran, every check passed, the model is not near chance, and no row is
+        flagged by :meth:`row_flags`."""
+        return self._checked_and_sane and not any(self.row_flags(r) for r in self.results)
+
+    def row_flag(self, result: AttackResult) -> str:
+        """The :attr:`flag` of the report for one row, with that row's own :meth:`row_flags`."""
+        return self._flag(self.row_flags(result))
+
+    @property
     def flag(self) -> str:
-        """``"ok"``, ``"unchecked"`` (diagnostics not run), ``"NEAR CHANCE"`` and/or ``"MASKING: <checks>"``."""
+        """``"ok"`` (``"ok (adaptive; hides ...)"`` for a model declaring hidden parts), ``"unchecked"`` (diagnostics
+        not run), ``"NEAR CHANCE"``, ``"MASKING: <checks>"`` and/or ``"NOT ADAPTIVE: <attack> (<why>)"``."""
+        unadapted = [f"{r.attack} ({', '.join(f)})" for r in self.results if (f := self.row_flags(r))]
+        return self._flag(("NOT ADAPTIVE: " + ", ".join(unadapted),) if unadapted else (), prefixed=True)
+
+    def _flag(self, row: tuple[str, ...], prefixed: bool = False) -> str:
         parts = []
         if self.near_chance:
             parts.append(f"NEAR CHANCE (accuracy {self.odr:.3f}, chance {self.chance:.3f})")
@@ -293,7 +352,11 @@ class EvaluationReport:
             parts.append("unchecked")
         elif not self.diagnostics.passed:
             parts.append("MASKING: " + ", ".join(self.diagnostics.failed))
-        return "; ".join(parts) or "ok"
+        if row:
+            parts.append(row[0] if prefixed else "NOT ADAPTIVE: " + ", ".join(row))
+        if parts:
+            return "; ".join(parts)
+        return f"ok (adaptive; hides {self.hidden.label})" if self.hidden.any else "ok"
 
     def result(self, attack: str) -> AttackResult:
         """The result of ``attack`` (the first one of that name); ``KeyError`` listing the attacks run."""

@@ -1,4 +1,5 @@
-"""Models: the paper's baselines (DNN, CNN, ResNet-18) and the hybrid quantum-classical classifier.
+"""Models: the paper's baselines (DNN, CNN, ResNet-18), the hybrid quantum-classical classifier, and the QShield
+reference code's hybrid reproduced with its flaws (``ReferenceHybrid``, to measure the paper's claims).
 
 See ``docs/models.md`` for the architectures, fusion formulas and what each model returns.
 """
@@ -12,6 +13,7 @@ from ._config import Arch, Backbone, FusionMode, ModelConfig, default_n_qubits
 from ._dnn import DNN, dnn_hidden_widths
 from ._hybrid import CLASS_MAP_EPS, HybridModel, HybridOutputs, QuantumClassHead
 from ._io import UnsafeCheckpointError, load_model, save_model
+from ._reference import ReferenceGate, ReferenceHybrid, reference_statistics
 from ._resnet import ResNet18, resnet18
 from .fusion import FUSIONS, FixedFusion, Fusion, FusionOutput, GatedFusion, LearnedFusion, get_fusion
 
@@ -25,6 +27,9 @@ __all__ = [
     "HybridModel",
     "HybridOutputs",
     "QuantumClassHead",
+    "ReferenceHybrid",
+    "ReferenceGate",
+    "reference_statistics",
     "CLASS_MAP_EPS",
     "Fusion",
     "FusionOutput",

@@ -14,6 +14,7 @@ from ._cnn import SmallCNN
 from ._config import Arch, Backbone, ModelConfig
 from ._dnn import DNN
 from ._hybrid import HybridModel
+from ._reference import ReferenceHybrid
 from ._resnet import resnet18
 
 
@@ -28,7 +29,7 @@ def _classical(kind: Backbone | Arch, config: ModelConfig) -> Classifier:
 
 
 def _build(config: ModelConfig) -> nn.Module:
-    if config.arch is not Arch.HYBRID:
+    if not config.is_hybrid:
         return _classical(config.arch, config)
     quantum = QuantumLayer(
         n_qubits=config.n_qubits,  # type: ignore[arg-type]
@@ -41,6 +42,8 @@ def _build(config: ModelConfig) -> nn.Module:
         trainable=config.quantum_trainable,
         backend=config.backend,
     )
+    if config.arch is Arch.REFERENCE_HYBRID:
+        return ReferenceHybrid(_classical(config.backbone, config), quantum)
     return HybridModel(_classical(config.backbone, config), quantum, config.fusion.value, config.fusion_weights)
 
 
@@ -55,7 +58,9 @@ def build_model(config: ModelConfig | dict[str, Any], *, seed: int | None = None
 
     Returns:
         ``dnn``/``cnn``/``resnet18``: a :class:`~qshield.models.Classifier` returning logits ``[B, C]``;
-        ``hybrid``: a :class:`~qshield.models.HybridModel` returning log-probabilities ``[B, C]``.
+        ``hybrid``: a :class:`~qshield.models.HybridModel` returning log-probabilities ``[B, C]``;
+        ``reference_hybrid``: a :class:`~qshield.models.ReferenceHybrid` (log-probabilities ``[B, C]``; randomised,
+        its circuit outside the autograd graph, as the QShield reference code).
         Either way ``log_softmax(model(x))`` is the model's class log-probability.
     """
     if isinstance(config, dict):

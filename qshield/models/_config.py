@@ -35,12 +35,14 @@ class _Choice(str, enum.Enum):
 
 
 class Arch(_Choice):
-    """Model family: the paper's MLP baseline, a CNN alone, ResNet-18 alone, or the hybrid (CNN + circuit)."""
+    """Model family: the paper's MLP baseline, a CNN alone, ResNet-18 alone, the hybrid (CNN + circuit), or the
+    QShield reference code's hybrid reproduced with its flaws (``reference_hybrid``; never the default)."""
 
     DNN = "dnn"
     CNN = "cnn"
     RESNET18 = "resnet18"
     HYBRID = "hybrid"
+    REFERENCE_HYBRID = "reference_hybrid"
 
 
 class Backbone(_Choice):
@@ -130,8 +132,13 @@ class ModelConfig:
     """What :func:`~qshield.models.build_model` builds. Strings become enums on entry; all fields validated.
 
     Attributes:
-        arch: ``dnn`` (paper's MLP), ``cnn`` (:class:`~qshield.models.SmallCNN`), ``resnet18``, ``hybrid``.
-        backbone: classical part of a hybrid: ``cnn`` or ``resnet18`` (ignored unless ``arch='hybrid'``).
+        arch: ``dnn`` (paper's MLP), ``cnn`` (:class:`~qshield.models.SmallCNN`), ``resnet18``, ``hybrid``, or
+            ``reference_hybrid`` (:class:`~qshield.models.ReferenceHybrid`, the QShield reference code's model with
+            its random projection and its circuit outside the autograd graph; for measuring the paper's claims).
+            A ``reference_hybrid`` always uses the reference's gate and a circuit without trainable rotations, so
+            its config stores ``fusion='gated'``, ``fusion_weights=(0.5, 0.5)`` (unused) and
+            ``quantum_trainable=False`` whatever was given; it needs ``measurement='probs'``.
+        backbone: classical part of a hybrid: ``cnn`` or ``resnet18`` (ignored by the classical archs).
         in_channels: image channels (1 grey, 3 RGB).
         image_size: image height = width in pixels (e.g. 8 for sklearn digits, 28 MNIST, 32 CIFAR-10).
         num_classes: number of classes C >= 2.
@@ -198,6 +205,15 @@ class ModelConfig:
         if self.pretrained_path in ("", "None"):
             put(self, "pretrained_path", None)
         put(self, "small_input", _as_bool(self.small_input, "small_input"))
+        if self.arch is Arch.REFERENCE_HYBRID:
+            if self.measurement is not Measurement.PROBS:
+                raise ValueError(
+                    f"measurement={self.measurement.value!r} with arch='reference_hybrid'; allowed values: 'probs' "
+                    "(the reference truncates the basis-state probabilities to the classes)"
+                )
+            put(self, "quantum_trainable", False)
+            put(self, "fusion", FusionMode.GATED)
+            put(self, "fusion_weights", (0.5, 0.5))
         # The circuit itself (qubit range, memory budget) is validated by the quantum core's own rules.
         CircuitSpec.create(
             n_qubits=self.n_qubits,  # type: ignore[arg-type]
@@ -219,13 +235,19 @@ class ModelConfig:
         if self.pretrained_path is not None and not self.uses_resnet18:
             raise ValueError(
                 f"pretrained_path={self.pretrained_path!r} is only used by ResNet-18; arch={self.arch.value!r}, "
-                f"backbone={self.backbone.value!r}; allowed: arch='resnet18' or arch='hybrid' with backbone='resnet18'"
+                f"backbone={self.backbone.value!r}; allowed: arch='resnet18', or arch='hybrid' / 'reference_hybrid' "
+                "with backbone='resnet18'"
             )
 
     @property
     def uses_resnet18(self) -> bool:
-        """Whether the built model contains a ResNet-18 (alone or as the hybrid's backbone)."""
-        return self.arch is Arch.RESNET18 or (self.arch is Arch.HYBRID and self.backbone is Backbone.RESNET18)
+        """Whether the built model contains a ResNet-18 (alone or as a hybrid's backbone)."""
+        return self.arch is Arch.RESNET18 or (self.is_hybrid and self.backbone is Backbone.RESNET18)
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Whether the model has a quantum circuit (``hybrid`` or ``reference_hybrid``)."""
+        return self.arch in (Arch.HYBRID, Arch.REFERENCE_HYBRID)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -81,28 +81,45 @@ def _dataset_len(dataset: Any, name: str) -> int:
 
 @torch.no_grad()
 def evaluate_dataset(
-    model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: str | torch.device = "cpu"
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
 ) -> dict[str, float]:
     """Mean NLL ``loss``, ``accuracy`` (fraction, argmax), ``correct`` and ``n`` (counts, for intervals) of
     ``model`` on ``dataset`` in eval mode.
 
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. The pass runs in a forked torch RNG seeded with ``seed``,
+    so a randomised model (e.g. :class:`~qshield.models.ReferenceHybrid`, which draws a projection per call) gets a
+    reproducible accuracy and the caller's random stream is untouched; deterministic models are unaffected.
     """
     _dataset_len(dataset, "dataset")
     was_training = model.training
     model.eval()
-    total, loss_sum, correct = 0, 0.0, 0
     num_classes = getattr(model, "num_classes", None)
+    dev = torch.device(device)
+    forked = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            _check_batch(x, y, num_classes, False, "dataset")
-            x, y = x.to(device), y.to(device).long()
-            lp = log_probs(model(x))
-            loss_sum += float(F.nll_loss(lp, y, reduction="sum"))
-            correct += int((lp.argmax(dim=1) == y).sum())
-            total += y.shape[0]
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(seed)
+            return _evaluate_batches(model, dataset, batch_size, dev, num_classes)
     finally:
         model.train(was_training)
+
+
+def _evaluate_batches(
+    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, num_classes: int | None
+) -> dict[str, float]:
+    total, loss_sum, correct = 0, 0.0, 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        _check_batch(x, y, num_classes, False, "dataset")
+        x, y = x.to(device), y.to(device).long()
+        lp = log_probs(model(x))
+        loss_sum += float(F.nll_loss(lp, y, reduction="sum"))
+        correct += int((lp.argmax(dim=1) == y).sum())
+        total += y.shape[0]
     return {"loss": loss_sum / total, "accuracy": correct / total, "correct": correct, "n": total}
 
 
