@@ -215,3 +215,27 @@ def test_autoattack_is_at_least_as_strong_as_its_first_member(digits):
     assert ensemble.n_attacked == apgd.n_attacked
     assert ensemble.n_fooled >= apgd.n_fooled
     assert ensemble.adaptive == "none" and ensemble.forward_per_example > apgd.forward_per_example
+
+
+def test_a_hybrid_whose_circuit_runs_on_trajectories_declares_randomness_and_is_attacked_with_eot():
+    """Quantum trajectories make each forward pass a fresh Monte-Carlo estimate: the hybrid says so, and every
+    attack on it averages gradients (EOT); the same hybrid on the exact density matrix hides nothing."""
+    from qshield.attacks import AUTO_EOT_ITER, AttackConfig, hidden_parts, resolve_adaptive
+    from qshield.models import HybridModel, SmallCNN
+    from qshield.quantum import QuantumLayer
+
+    def hybrid(simulation: str) -> HybridModel:
+        layer = QuantumLayer(4, 1, noise="mixed", noise_strength=0.1, measurement="expval", simulation=simulation,
+                             n_trajectories=4, seed=0)
+        return HybridModel(SmallCNN(1, 10), layer).eval()
+
+    stochastic, exact = hybrid("trajectories"), hybrid("density_matrix")
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert not torch.equal(stochastic(x), stochastic(x)) and torch.equal(exact(x), exact(x))
+    assert hidden_parts(stochastic).randomized and not hidden_parts(stochastic).non_differentiable
+    assert not hidden_parts(exact).randomized
+    config = AttackConfig("pgd", 0.1, {"alpha": 0.02, "steps": 5}).resolve()
+    _, mode = resolve_adaptive(stochastic, config)
+    assert mode.eot_iter == AUTO_EOT_ITER
+    assert resolve_adaptive(exact, config)[1].eot_iter == 1

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from qshield.attacks import NOTHING_HIDDEN, HiddenParts
 from qshield.quantum import Measurement, QuantumLayer
 
 from ._base import Classifier
@@ -121,6 +122,15 @@ class HybridModel(nn.Module):
     @property
     def in_channels(self) -> int:
         return self.backbone.in_channels
+
+    def hidden_parts(self) -> HiddenParts:
+        """What an attacker reading the autograd graph cannot see (the adaptive-attack protocol of
+        :mod:`qshield.attacks`): nothing, unless the circuit is simulated by quantum trajectories — then every
+        forward pass is a fresh Monte-Carlo estimate, a randomised model that attacks must average over (EOT).
+        Gradients always flow through the circuit."""
+        if self.quantum.is_stochastic:
+            return HiddenParts(randomized=True, description="noisy circuit simulated by quantum trajectories")
+        return NOTHING_HIDDEN
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         """Encoding angles ``pi * tanh(angle_map(features))`` ``[B, 3n]``, radians in (-pi, pi)."""
