@@ -4,7 +4,7 @@ any compute with an error that names the field and what is allowed.
 Entry points: search spaces (``load_space`` / ``parse_space``), ``QuantumLayer``, ``load_dataset``,
 ``build_attack`` / ``evaluate``, ``load_model``, ``run_trial``, the registry (``load_registered``,
 ``select_champion``) and the ``qshield`` command line (``orchestrator.cli.main``: ``sweep``, ``select``,
-``train``, ``train --from-run``, ``evaluate``).
+``train``, ``rerun``, ``evaluate``).
 
 Every case states:
 
@@ -537,24 +537,22 @@ CASES: list[Case] = [
          lambda ctx: (model_file("truncated")(ctx), qshield("evaluate", tmp("model.pt"), "--out", tmp("results"),
                                                              "--dataset", "digits")(ctx))[1],
          CliExit, "model.pt", ("truncated or corrupted",), exit_code=2, guards=("evaluate", "load_dataset")),
-    Case("cli-from-run-unknown-run", qshield("train", "--from-run", "0123456789abcdef", "--tracking-uri",
-                                             store("uri")), CliExit, "--from-run='0123456789abcdef'",
-         ("no such MLflow run", "a finished sweep trial"), exit_code=2, guards=("run_trial",), uses_store=True),
-    Case("cli-from-run-not-a-trial", qshield("train", "--from-run", store("parent"), "--tracking-uri", store("uri")),
+    Case("cli-rerun-unknown-run", qshield("rerun", "0123456789abcdef", "--tracking-uri", store("uri")), CliExit,
+         "--from-run='0123456789abcdef'", ("no such MLflow run", "a finished sweep trial"), exit_code=2,
+         guards=("run_trial",), uses_store=True),
+    Case("cli-rerun-not-a-trial", qshield("rerun", store("parent"), "--tracking-uri", store("uri")),
          CliExit, "--from-run=", ("is not a sweep trial", "a finished sweep trial"), exit_code=2,
          guards=("run_trial",), uses_store=True),
-    Case("cli-from-run-unfinished-trial", qshield("train", "--from-run", store("running"), "--tracking-uri",
-                                                  store("uri")), CliExit, "--from-run=",
-         ("did not finish", "a finished sweep trial"), exit_code=2, guards=("run_trial",), uses_store=True),
-    Case("cli-from-run-no-store", qshield("train", "--from-run", "abc", "--tracking-uri",
-                                          lambda ctx: f"sqlite:///{ctx.tmp / 'none.db'}"), CliExit,
+    Case("cli-rerun-unfinished-trial", qshield("rerun", store("running"), "--tracking-uri", store("uri")), CliExit,
+         "--from-run=", ("did not finish", "a finished sweep trial"), exit_code=2, guards=("run_trial",),
+         uses_store=True),
+    Case("cli-rerun-no-store", qshield("rerun", "abc", "--tracking-uri",
+                                       lambda ctx: f"sqlite:///{ctx.tmp / 'none.db'}"), CliExit,
          "--tracking-uri=", ("no MLflow store", "the tracking URI the sweep logged to"), exit_code=2,
          guards=("run_trial",)),
-    Case("cli-from-run-with-model-flags", qshield("train", "--from-run", "abc", "--dataset", "digits", "--lr", "0.1"),
-         CliExit, "--from-run", ("--dataset, --lr", "allowed with it"), exit_code=2, guards=("run_trial", "train")),
-    Case("cli-tracking-uri-without-from-run", qshield("train", "--dataset", "digits", "--out", tmp("m.pt"),
-                                                      "--tracking-uri", "sqlite:///x.db"), CliExit, "--tracking-uri",
-         ("only with --from-run",), exit_code=2, guards=("run_trial", "train", "load_dataset")),
+    Case("cli-train-from-run-moved", qshield("train", "--from-run", "abc", "--dataset", "digits", "--lr", "0.1"),
+         CliExit, "--from-run", ("its own command now", "qshield rerun abc"), exit_code=2,
+         guards=("run_trial", "train")),
 ]
 
 
@@ -675,5 +673,5 @@ def test_the_valid_inputs_are_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     parser.parse_args(["sweep", "--space", str(tmp_path / "space.yaml"), "--num-samples", "2"])
     parser.parse_args(["select", "--sweep", "s", "--rule", "weighted", "--weights", "accuracy=1,asr=1"])
     parser.parse_args(["train", "--dataset", "digits", "--out", "m.pt", "--noise-strength", "0.5"])
-    parser.parse_args(["train", "--from-run", "abc", "--tracking-uri", "sqlite:///x.db"])
+    parser.parse_args(["rerun", "abc", "--tracking-uri", "sqlite:///x.db"])
     parser.parse_args(["evaluate", "m.pt", "--out", "r", "--eps", "8/255"])

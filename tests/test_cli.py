@@ -1,4 +1,4 @@
-"""Tests for ``qshield train`` / ``qshield evaluate`` (qshield.cli), run in-process on sklearn digits."""
+"""Tests for ``qshield train`` / ``qshield evaluate`` (orchestrator.cli), run in-process on sklearn digits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qshield.cli import add_library_commands, main, parse_eps, record_path
+from orchestrator.cli import main
+from orchestrator.cli._library import add_library_commands, parse_eps, record_path
 from qshield.data import load_dataset
 from qshield.evaluation import CHECK_NAMES, TABLE_COLUMNS
 from qshield.models import load_model
@@ -280,7 +281,7 @@ def test_add_library_commands_on_an_application_parser() -> None:
 
 
 def test_python_dash_m_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "qshield", "train", "--dataset", "digits", "--fusion", "sum",
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--dataset", "digits", "--fusion", "sum",
                            "--out", "x.pt"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert "--fusion" in proc.stderr and "'gated'" in proc.stderr

@@ -1,12 +1,12 @@
 """Determinism (issue 6, item 4): the same seed and config give the same metrics on CPU, and a sweep trial
-recorded in MLflow is re-run exactly by ``qshield train --from-run RUN_ID``.
+recorded in MLflow is re-run exactly by ``qshield rerun RUN_ID``.
 
 The trial is a real :func:`orchestrator.trial.run_trial` on sklearn digits (200 training / 40 test images, a
 hybrid small CNN + 4-qubit noisy circuit, 5 epochs, FGSM and 3-step PGD on 16 images). It is logged into a
 sqlite MLflow store by the sweep's own :class:`~orchestrator.runtime.MLflowTrialCallback` (the Tune callback,
 driven here by hand with a stand-in for Tune's ``Trial`` that carries the id, config, last result and checkpoint,
 so no Ray cluster is started), exactly as a sweep logs it: params, per-epoch and final metrics, and the ``model``
-artifact directory. ``--from-run`` is run in a fresh Python process, so the re-run shares nothing with the
+artifact directory. ``qshield rerun`` is run in a fresh Python process, so the re-run shares nothing with the
 process that recorded the trial.
 """
 
@@ -127,7 +127,7 @@ def test_same_seed_and_config_give_identical_metrics_on_cpu() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# qshield train --from-run
+# qshield rerun
 
 
 class _Trial:
@@ -207,10 +207,10 @@ def test_sweep_records_everything_needed_to_rerun_a_trial(logged: dict[str, Any]
     assert run.data.metrics["accuracy"] == logged["final"]["accuracy"]
 
 
-def test_train_from_run_reproduces_the_logged_trial_in_a_fresh_process(logged: dict[str, Any], tmp_path: Path) -> None:
+def test_rerun_reproduces_the_logged_trial_in_a_fresh_process(logged: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "rerun.pt"
-    proc = qshield("train", "--from-run", logged["run_id"], "--tracking-uri", logged["uri"], "--no-progress",
-                   "--out", str(out), cwd=tmp_path)
+    proc = qshield("rerun", logged["run_id"], "--tracking-uri", logged["uri"], "--no-progress", "--out", str(out),
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     lines = proc.stdout.splitlines()
     assert any(line.startswith("reproduced: all") for line in lines), proc.stdout
@@ -228,7 +228,7 @@ def test_train_from_run_reproduces_the_logged_trial_in_a_fresh_process(logged: d
     assert all(torch.equal(v, rerun.state_dict()[k]) for k, v in recorded.state_dict().items())
 
 
-def test_train_from_run_fails_when_the_record_differs(logged: dict[str, Any], tmp_path: Path,
+def test_rerun_fails_when_the_record_differs(logged: dict[str, Any], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A tampered record (a different accuracy logged later at the final step) is reported, exit status 1."""
     from mlflow import MlflowClient
@@ -240,7 +240,7 @@ def test_train_from_run_fails_when_the_record_differs(logged: dict[str, Any], tm
     uri = f"sqlite:///{db}"
     epochs = TINY_SPACE["parameters"]["epochs"]
     MlflowClient(uri).log_metric(logged["run_id"], "accuracy", logged["final"]["accuracy"] - 0.25, step=epochs)
-    code = main(["train", "--from-run", logged["run_id"], "--tracking-uri", uri, "--no-progress"])
+    code = main(["rerun", logged["run_id"], "--tracking-uri", uri, "--no-progress"])
     out = capsys.readouterr().out
     assert code == 1
     tampered, recorded = logged["final"]["accuracy"] - 0.25, logged["final"]["accuracy"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from qshield.attacks import classical_twin_of, hidden_parts, surrogate_of
-from qshield.cli import main
+from orchestrator.cli import main
 from qshield.data import dataset_spec
 from qshield.models import ModelConfig, ReferenceHybrid, build_model, load_model, save_model
 from qshield.training import TrainConfig, evaluate_dataset, train

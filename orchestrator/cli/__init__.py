@@ -1,6 +1,6 @@
-"""The ``qshield`` command: ``sweep``, ``select``, ``card``, ``app``, ``demo`` (the application) and ``train``,
-``evaluate`` (the library's commands, from :mod:`qshield.cli`; ``train`` gains ``--from-run RUN_ID`` here, see
-:mod:`orchestrator.tracking`)."""
+"""The ``qshield`` command: ``sweep``, ``select``, ``demo``, ``card``, ``app`` (sweeps and their champions),
+``train``, ``evaluate`` (one model: :mod:`orchestrator.cli._library`) and ``rerun`` (a recorded trial again:
+:mod:`orchestrator.cli._rerun`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ..run import add_sweep_arguments, run_from_args
 from ..scoring import Rule
+from ._library import add_library_commands
+from ._rerun import add_rerun_command
 
 #: the shipped space `qshield demo` runs (inside the package, so an installed wheel finds it from any folder)
 DEMO_SPACE = "mnist5k-demo"
@@ -149,15 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="override the demo's trial count")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from qshield.cli import add_library_commands
-    except ImportError:  # pragma: no cover - the library CLI is part of the package
-        pass
-    else:
-        add_library_commands(sub)
-        from ..tracking._rerun import add_from_run_arguments
-
-        add_from_run_arguments(sub.choices["train"])  # qshield train --from-run RUN_ID: re-run a sweep trial exactly
+    add_library_commands(sub)
+    add_rerun_command(sub)
     return parser
 
 

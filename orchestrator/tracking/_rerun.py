@@ -54,7 +54,6 @@ __all__ = [
 MODEL_ARTIFACT = "artifacts"
 _RECORD_FILES = ("params.json", "space.json", "model.pt")
 #: ``qshield train`` options that still apply with ``--from-run`` (all others are taken from the record)
-_COMPATIBLE = {"help", "from_run", "tracking_uri", "tolerance", "out", "threads", "no_progress", "verbose", "device"}
 
 
 class RerunError(ValueError):
@@ -337,84 +336,3 @@ def rerun_from_run(
     with tempfile.TemporaryDirectory(prefix="qshield-rerun-") as tmp:
         trial = fetch_trial(run_id, tmp, tracking_uri=tracking_uri)
         return rerun(trial, tolerance=tolerance, threads=threads, out=out, progress=progress)
-
-
-# ------------------------------------------------------------------------------------------- command line
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}; allowed values: a number >= 0") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed values: a number >= 0")
-    return value
-
-
-def add_from_run_arguments(train_parser: argparse.ArgumentParser) -> None:
-    """Give the library's ``qshield train`` parser ``--from-run RUN_ID`` (plus ``--tracking-uri``, ``--tolerance``).
-
-    With ``--from-run`` the trial's recorded parameters are used, so the library's required options
-    (``--dataset``, ``--out``) become optional and every other model/data/training option is refused; without
-    it, ``qshield train`` behaves exactly as before (the required options are checked here instead of by
-    argparse, with argparse's message and exit status 2).
-    """
-    group = train_parser.add_argument_group("re-run a recorded sweep trial (reads MLflow)")
-    group.add_argument("--from-run", metavar="RUN_ID",
-                       help="re-run this MLflow trial run exactly from its recorded params.json/space.json, print "
-                       "recorded vs re-run metrics, exit 1 if they differ (--out: also write the re-run model)")
-    group.add_argument("--tracking-uri", metavar="URI",
-                       help="with --from-run: MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                       "sqlite:///mlflow.db)")
-    group.add_argument("--tolerance", type=_non_negative, default=0.0,
-                       help="with --from-run: largest accepted absolute difference (default: 0, bit-identical)")
-    required = [a for a in train_parser._actions if a.required]
-    for action in required:
-        action.required = False
-        action.help = f"{action.help} (required unless --from-run)"
-    library_train = train_parser.get_default("func")
-
-    def run(args: argparse.Namespace) -> int:
-        if args.from_run is None:
-            for name in ("tracking_uri",):
-                if getattr(args, name) is not None:
-                    train_parser.error(f"argument --{name.replace('_', '-')}: only with --from-run")
-            if args.tolerance != 0.0:
-                train_parser.error("argument --tolerance: only with --from-run")
-            absent = [a.option_strings[0] for a in required if getattr(args, a.dest) is None]
-            if absent:
-                train_parser.error(f"the following arguments are required: {', '.join(absent)}")
-            return int(library_train(args))
-        return _run_from_run(train_parser, args)
-
-    train_parser.set_defaults(func=run)
-
-
-def _run_from_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    clashes = [a.option_strings[0] for a in parser._actions
-               if a.dest not in _COMPATIBLE and a.option_strings and getattr(args, a.dest, a.default) != a.default]
-    if clashes:
-        parser.error(f"argument --from-run: cannot be combined with {', '.join(clashes)}; the trial's recorded "
-                     f"parameters are used (allowed with it: --tracking-uri, --tolerance, --out, --threads, "
-                     f"--no-progress, --verbose)")
-    if args.device != "cpu":
-        parser.error(f"argument --device: {args.device!r} with --from-run; allowed values: 'cpu' (sweep trials "
-                     f"train on the CPU, and the re-run must do the same)")
-    if args.out is not None and args.out.is_dir():
-        parser.error(f"argument --out: {str(args.out)!r} is a directory; allowed values: a file path")
-
-    from qshield.data import DatasetFormatError, DatasetNotFoundError
-
-    if args.no_progress:
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # this command's own process only
-    try:
-        result = rerun_from_run(args.from_run, tracking_uri=args.tracking_uri, tolerance=args.tolerance,
-                                threads=args.threads, out=args.out, progress=not args.no_progress)
-    except RerunError as exc:
-        parser.error(str(exc))
-    except (DatasetNotFoundError, DatasetFormatError) as exc:
-        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
-        return 1
-    sys.stdout.write(result.format() + "\n")
-    if args.out is not None:
-        sys.stdout.write(f"wrote the re-run model to {args.out}\n")
-    return 0 if result.reproduced else 1

@@ -39,9 +39,13 @@ from ._report import (
     WORST_CASE,
     compare_with_paper,
     comparison_markdown,
+    curves_table,
+    diagnostics_table,
+    evaluation_table,
     plot_asr_vs_eps,
     render_markdown,
     results_table,
+    write_evaluation,
     write_results,
 )
 from ._results import CHANCE_MARGIN, AsrCurve, AttackResult, EvaluationReport, MinimalEps, WorstCase
@@ -70,6 +74,9 @@ __all__ = [
     "check_gradient_masking",
     "compare_with_paper",
     "comparison_markdown",
+    "curves_table",
+    "diagnostics_table",
+    "evaluation_table",
     "evaluate",
     "evaluate_attack",
     "judge_attack_checks",
@@ -80,5 +87,6 @@ __all__ = [
     "render_markdown",
     "results_table",
     "robust_accuracy",
+    "write_evaluation",
     "write_results",
 ]

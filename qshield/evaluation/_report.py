@@ -19,6 +19,10 @@ __all__ = [
     "WORST_CASE",
     "compare_with_paper",
     "comparison_markdown",
+    "curves_table",
+    "diagnostics_table",
+    "evaluation_table",
+    "write_evaluation",
     "plot_asr_vs_eps",
     "render_markdown",
     "results_table",
@@ -340,3 +344,68 @@ def comparison_markdown(comparison: pd.DataFrame) -> str:
             ]
         )
     return _markdown(["model", "attack", "ASR % (ours)", "ASR % (paper)", "Δ (pp)"], rows) + "\n"
+
+
+def evaluation_table(reports: Sequence[EvaluationReport]) -> pd.DataFrame:
+    """:func:`results_table` plus ``attack_seconds`` (total wall seconds of the attack) and
+    ``queries_per_example`` (counted forward + backward passes per attacked example)."""
+    df = results_table(list(reports))
+    df["attack_seconds"] = df["seconds_per_example"] * df["n_attacked"]
+    df["queries_per_example"] = df["forward_per_example"] + df["backward_per_example"]
+    return df
+
+
+def diagnostics_table(reports: Sequence[EvaluationReport]) -> pd.DataFrame:
+    """One row per model × masking check: ``model, check, passed, detail`` (``not run`` rows when absent)."""
+    rows = []
+    for rep in reports:
+        if rep.diagnostics is None:
+            rows.append({"model": rep.model, "check": "all", "passed": False, "detail": "diagnostics not run"})
+            continue
+        for check in rep.diagnostics.checks:
+            rows.append({"model": rep.model, "check": check.name, "passed": check.passed, "detail": check.detail})
+    return pd.DataFrame(rows, columns=["model", "check", "passed", "detail"])
+
+
+def curves_table(curves: Sequence[AsrCurve]) -> pd.DataFrame:
+    """The plotted ASR-vs-ε data, one row per model × ε: ``model, attack, eps, eps_255, asr, n_attacked``."""
+    rows = [
+        {"model": c.label, "attack": c.attack, "eps": e, "eps_255": e * 255, "asr": a, "n_attacked": c.n_attacked}
+        for c in curves
+        for e, a in zip(c.eps, c.asr)
+    ]
+    return pd.DataFrame(rows, columns=["model", "attack", "eps", "eps_255", "asr", "n_attacked"])
+
+
+def write_evaluation(
+    reports: Sequence[EvaluationReport], out: str | Path, plot_title: str | None = None
+) -> dict[str, Path]:
+    """Write the results, diagnostics and ASR-vs-ε files of ``reports`` to directory ``out``.
+
+    Returns:
+        ``{"results_csv", "results_md", "diagnostics_csv", "diagnostics_md", "curves_csv", "plot"}`` -> path.
+        The plot is skipped (key absent) when no model has a PGD sweep (e.g. no image classified correctly).
+    """
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = write_results(evaluation_table(reports), directory, "results")
+    diag = diagnostics_table(reports)
+    diag_csv, diag_md = directory / "diagnostics.csv", directory / "diagnostics.md"
+    diag.to_csv(diag_csv, index=False)
+    lines = ["| model | check | result | detail |", "|---|---|---|---|"]
+    lines += [
+        f"| {r.model} | {r.check} | {'PASS' if r.passed else 'FAIL'} | {str(r.detail).replace('|', '/')} |"
+        for r in diag.itertuples()
+    ]
+    diag_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    curves = [rep.diagnostics.asr_curve(rep.model) for rep in reports if rep.diagnostics is not None]
+    curves = [c for c in curves if c.eps]
+    curves_csv = directory / "asr_vs_eps.csv"
+    curves_table(curves).to_csv(curves_csv, index=False)
+    paths = {"results_csv": csv_path, "results_md": md_path, "diagnostics_csv": diag_csv, "diagnostics_md": diag_md,
+             "curves_csv": curves_csv}
+    if curves:
+        plot = directory / "asr_vs_eps.png"
+        plot_asr_vs_eps(curves, plot, title=plot_title or "PGD ASR vs ε (masking diagnostics sweep)")
+        paths["plot"] = plot
+    return paths

@@ -1,8 +1,8 @@
-"""Library command line: ``qshield train`` and ``qshield evaluate``.
+"""``qshield train`` and ``qshield evaluate``: the library's work (one model, no sweep) as commands.
 
-``add_library_commands(subparsers)`` registers both subcommands on an application parser (the orchestrator's
-``qshield`` console script adds its own commands next to them); :func:`main` is a standalone parser with just
-these two, so ``python -m qshield train ...`` works without the orchestrator. Ray and MLflow are not used here.
+``add_library_commands(subparsers)`` registers both subcommands on the ``qshield`` parser
+(:mod:`orchestrator.cli`). Ray and MLflow are not used here; the result files come from
+:func:`qshield.evaluation.write_evaluation`.
 
 ``train`` loads a dataset, builds a model from flags mirroring :class:`~qshield.models.ModelConfig`, trains it
 with flags mirroring :class:`~qshield.training.TrainConfig`, and writes the model file (``--out``) plus a
@@ -46,18 +46,12 @@ from qshield.training import TrainConfig, TrainMethod
 
 __all__ = [
     "add_library_commands",
-    "build_parser",
-    "main",
     "record_path",
     "parse_eps",
-    "results_frame",
-    "diagnostics_frame",
-    "curves_frame",
-    "write_evaluation",
     "RECORD_FORMAT",
 ]
 
-logger = logging.getLogger("qshield.cli")
+logger = logging.getLogger(__name__)
 
 #: Marker of the training-record JSON written next to a model file by ``qshield train``.
 RECORD_FORMAT = "qshield-train-record"
@@ -192,7 +186,18 @@ def _add_data(parser: argparse.ArgumentParser, *, required: bool) -> argparse._A
     return group
 
 
+class _MovedToRerun(argparse.Action):
+    """``train --from-run RUN_ID`` (before qshield 0.2) is ``qshield rerun RUN_ID`` now: say so while parsing, before
+    argparse complains about the options a re-run does not need."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"argument --from-run: re-running a recorded sweep trial is its own command now: "
+                     f"`qshield rerun {values} [--tracking-uri URI] [--tolerance T] [--out FILE]`")
+
+
 def _train_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from-run", metavar="RUN_ID", action=_MovedToRerun, help="moved: use `qshield rerun RUN_ID`")
     data = _add_data(parser, required=True)
     data.add_argument("--test-fraction", type=_float_in(0.0, 1.0, low_open=True), default=0.2,
                       help="test share for datasets without an official split (default: 0.2)")
@@ -320,21 +325,6 @@ def add_library_commands(subparsers: argparse._SubParsersAction) -> None:
     eval_p.set_defaults(func=_run_evaluate, _parser=eval_p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The standalone parser of ``python -m qshield`` (``train`` and ``evaluate``)."""
-    parser = argparse.ArgumentParser(prog="qshield", description=__doc__.split("\n\n")[0])
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_library_commands(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns its exit status."""
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-# ----------------------------------------------------------------------------------------------- helpers
 def record_path(model_path: str | os.PathLike[str]) -> Path:
     """Where ``qshield train`` writes the training record of ``model_path``: ``<model_path>.json``."""
     path = Path(model_path)
@@ -608,6 +598,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     images, labels = bundle.test.tensors
     names = _model_names(args.models)
     reports = _evaluate_models(args, models, names, images, labels, attacks, dataset, masking)
+    from qshield.evaluation import write_evaluation
+
     paths = write_evaluation(reports, args.out)
     table = paths["results_md"].read_text(encoding="utf-8")
     sys.stdout.write(table + "\n" + "".join(f"wrote {p}\n" for p in paths.values()))
@@ -647,76 +639,3 @@ def _evaluate_models(
             )
         )
     return reports
-
-
-def results_frame(reports: Sequence[Any]) -> Any:
-    """:func:`qshield.evaluation.results_table` plus ``attack_seconds`` (total wall seconds of the attack) and
-    ``queries_per_example`` (counted forward + backward passes per attacked example)."""
-    from qshield.evaluation import results_table
-
-    df = results_table(list(reports))
-    df["attack_seconds"] = df["seconds_per_example"] * df["n_attacked"]
-    df["queries_per_example"] = df["forward_per_example"] + df["backward_per_example"]
-    return df
-
-
-def diagnostics_frame(reports: Sequence[Any]) -> Any:
-    """One row per model × masking check: ``model, check, passed, detail`` (``not run`` rows when absent)."""
-    import pandas as pd
-
-    rows = []
-    for rep in reports:
-        if rep.diagnostics is None:
-            rows.append({"model": rep.model, "check": "all", "passed": False, "detail": "diagnostics not run"})
-            continue
-        for check in rep.diagnostics.checks:
-            rows.append({"model": rep.model, "check": check.name, "passed": check.passed, "detail": check.detail})
-    return pd.DataFrame(rows, columns=["model", "check", "passed", "detail"])
-
-
-def curves_frame(curves: Sequence[Any]) -> Any:
-    """The plotted ASR-vs-ε data, one row per model × ε: ``model, attack, eps, eps_255, asr, n_attacked``."""
-    import pandas as pd
-
-    rows = [
-        {"model": c.label, "attack": c.attack, "eps": e, "eps_255": e * 255, "asr": a, "n_attacked": c.n_attacked}
-        for c in curves
-        for e, a in zip(c.eps, c.asr)
-    ]
-    return pd.DataFrame(rows, columns=["model", "attack", "eps", "eps_255", "asr", "n_attacked"])
-
-
-def write_evaluation(
-    reports: Sequence[Any], out: str | os.PathLike[str], plot_title: str | None = None
-) -> dict[str, Path]:
-    """Write the results, diagnostics and ASR-vs-ε files of ``reports`` to directory ``out``.
-
-    Returns:
-        ``{"results_csv", "results_md", "diagnostics_csv", "diagnostics_md", "curves_csv", "plot"}`` -> path.
-        The plot is skipped (key absent) when no model has a PGD sweep (e.g. no image classified correctly).
-    """
-    from qshield.evaluation import plot_asr_vs_eps, write_results
-
-    directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = write_results(results_frame(reports), directory, "results")
-    diag = diagnostics_frame(reports)
-    diag_csv, diag_md = directory / "diagnostics.csv", directory / "diagnostics.md"
-    diag.to_csv(diag_csv, index=False)
-    lines = ["| model | check | result | detail |", "|---|---|---|---|"]
-    lines += [
-        f"| {r.model} | {r.check} | {'PASS' if r.passed else 'FAIL'} | {str(r.detail).replace('|', '/')} |"
-        for r in diag.itertuples()
-    ]
-    diag_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    curves = [rep.diagnostics.asr_curve(rep.model) for rep in reports if rep.diagnostics is not None]
-    curves = [c for c in curves if c.eps]
-    curves_csv = directory / "asr_vs_eps.csv"
-    curves_frame(curves).to_csv(curves_csv, index=False)
-    paths = {"results_csv": csv_path, "results_md": md_path, "diagnostics_csv": diag_csv, "diagnostics_md": diag_md,
-             "curves_csv": curves_csv}
-    if curves:
-        plot = directory / "asr_vs_eps.png"
-        plot_asr_vs_eps(curves, plot, title=plot_title or "PGD ASR vs ε (masking diagnostics sweep)")
-        paths["plot"] = plot
-    return paths
