@@ -39,15 +39,19 @@ from torch.utils.data import Subset, TensorDataset
 
 from qshield.attacks import AttackConfig
 from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset, stratified_split
-from qshield.evaluation import EvaluationReport, MaskingConfig, MinEpsConfig, evaluate, wilson_interval
+from qshield.evaluation import EvaluationReport, evaluate, wilson_interval
 from qshield.models import ModelConfig, build_model, load_model, save_model
+from qshield.schema import searchable_fields
 from qshield.training import TrainConfig, evaluate_dataset, train
 
-from .space import VAL_METRIC, SweepSpace
+from .space import SweepSpace
 
 #: fraction of the training split held out for per-epoch validation accuracy (early stopping reads it)
 VAL_FRACTION = 0.1
 MODEL_FILE = "model.pt"
+#: The trial record next to the weights: the sampled parameters and the validated space (JSON).
+PARAMS_FILE = "params.json"
+SPACE_FILE = "space.json"
 STATE_FILE = "trial_state.json"
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -65,24 +69,16 @@ class TrialPlan:
 
 def model_config_from_params(params: Mapping[str, Any], bundle: DatasetBundle | DatasetSpec) -> ModelConfig:
     """Map the sweep parameters onto a :class:`~qshield.models.ModelConfig` for ``bundle``'s data (a loaded
-    bundle or just the dataset's spec: only ``in_channels``, ``image_size`` and ``num_classes`` are read)."""
+    bundle or just the dataset's spec: only ``in_channels``, ``image_size`` and ``num_classes`` are read): the
+    model's searchable fields as given, ``w_q`` as ``fusion_weights=(1 - w_q, w_q)``."""
     w_q = float(params["w_q"])
+    searched = {name: params[name] for name in searchable_fields(ModelConfig) if name in params}
     return ModelConfig.from_dict(
         {
-            "arch": params["arch"],
-            "backbone": params["backbone"],
+            **searched,
             "in_channels": bundle.in_channels,
             "image_size": bundle.image_size,
             "num_classes": bundle.num_classes,
-            "n_qubits": int(params["n_qubits"]),
-            "depth": int(params["depth"]),
-            "entanglement": params["entanglement"],
-            "noise": params["noise"],
-            "noise_strength": float(params["noise_strength"]),
-            "readout_error": float(params["readout_error"]),
-            "measurement": params["measurement"],
-            "backend": params["backend"],
-            "fusion": params["fusion"],
             "fusion_weights": (1.0 - w_q, w_q),
         }
     )
@@ -99,19 +95,15 @@ def space_attacks(space: SweepSpace) -> tuple[AttackConfig, ...]:
 def plan_trial(params: Mapping[str, Any], space: SweepSpace, bundle: DatasetBundle | DatasetSpec) -> TrialPlan:
     """Resolve a trial's configs; raises ``ValueError`` naming the field on a bad combination."""
     model = model_config_from_params(params, bundle)
-    at_steps = int(params.get("pgd_steps", 7))
+    searched = {name: params[name] for name in searchable_fields(TrainConfig) if name in params}
+    at_steps = int(searched.get("pgd_steps", TrainConfig.model_fields["pgd_steps"].default))
     at_eps = space.threat_eps()
     train_cfg = TrainConfig(
-        epochs=int(params["epochs"]),
-        lr=float(params["lr"]),
-        weight_decay=float(params["weight_decay"]),
-        batch_size=int(params["batch_size"]),
+        **searched,
         seed=space.seed,
-        method=params["method"],
         # PGD adversarial training at the space's threat model: its ε, 2.5·ε/steps per step (Madry et al.)
         pgd_eps=at_eps,
         pgd_alpha=min(1.0, 2.5 * at_eps / at_steps),
-        pgd_steps=at_steps,
     )
     attacks = space_attacks(space)
     return TrialPlan(model=model, train=train_cfg, attacks=attacks, params=dict(params))
@@ -177,7 +169,9 @@ def run_trial(
             ckpt = Path(tmp)
             save_model(model, plan.model, ckpt / MODEL_FILE)
             (ckpt / STATE_FILE).write_text(json.dumps({"epoch": absolute}))
-            row = {**_numeric(metrics), "epoch": absolute}  # the training loop counts from 1 after a resume
+            # the objectives arrive with the final report; every report names them (None until then), as Tune's
+            # strict metric check expects of a result the searcher may read
+            row = {**dict.fromkeys(space.directions()), **_numeric(metrics), "epoch": absolute}
             row.pop("epoch_seconds", None)
             if "val_accuracy" not in row and "val_acc" in row:
                 row["val_accuracy"] = row.pop("val_acc")
@@ -187,10 +181,8 @@ def run_trial(
     if remaining > 0:
         train_cfg = plan.train
         if done_epochs:
-            from dataclasses import replace
-
             # a different shuffling stream for the remaining epochs than for the first ones
-            train_cfg = replace(train_cfg, epochs=remaining, seed=train_cfg.seed + done_epochs)
+            train_cfg = train_cfg.replace(epochs=remaining, seed=train_cfg.seed + done_epochs)
         train(model, fit_set, train_cfg, val_dataset=val_set, callback=on_epoch, progress=progress)
 
     final = evaluate_trained(model, space, bundle=bundle, attacks=plan.attacks, progress=progress)
@@ -200,8 +192,8 @@ def run_trial(
         model_dir = ckpt / "model"
         model_dir.mkdir()
         save_model(model, plan.model, model_dir / MODEL_FILE)
-        (model_dir / "params.json").write_text(json.dumps(plan.params, indent=2, default=str))
-        (model_dir / "space.json").write_text(json.dumps(space.to_dict(), indent=2, default=str))
+        (model_dir / PARAMS_FILE).write_text(json.dumps(plan.params, indent=2, default=str))
+        (model_dir / SPACE_FILE).write_text(json.dumps(space.to_dict(), indent=2, default=str))
         (model_dir / "metrics.json").write_text(
             json.dumps({k: v for k, v in final.items() if k not in ("attack_table", "diagnostics")}, indent=2)
         )
@@ -250,8 +242,8 @@ def evaluate_trained(
         dataset=space.dataset.value,
         batch_size=space.attacks.batch_size,
         progress=progress,
-        diagnostics=space.attacks.diagnostics,
-        masking=MaskingConfig(n_examples=min(32, n_eval)) if space.attacks.diagnostics else None,
+        diagnostics=space.attacks.diagnostics is not None,
+        masking=space.masking_config(),
         seed=space.seed,
         min_eps=space.min_eps_config(),
     )
@@ -332,11 +324,22 @@ def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def rerun_trial_from_dir(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any], SweepSpace]:
-    """Load what a trial recorded (``params.json``, ``space.json``) to re-run it exactly."""
+def read_trial_record(files: Path, source: str | None = None) -> tuple[dict[str, Any], SweepSpace]:
+    """What a trial recorded next to its weights: its sampled parameters (``params.json``) and the whole validated
+    space (``space.json``), the one reader of both (the rerun, the registry's verification and the card use it).
+    ``ValueError`` (a :class:`~orchestrator.space.SpaceError` for a bad space) when a file is missing or
+    unreadable; ``source`` names the record in messages."""
     from .space import parse_space
 
-    params = json.loads((model_dir / "params.json").read_text())
-    space = parse_space(json.loads((model_dir / "space.json").read_text()), source=str(model_dir / "space.json"))
-    model, _ = load_model(model_dir / MODEL_FILE)
-    return model, params, space
+    where = source or str(files)
+    missing = [name for name in (PARAMS_FILE, SPACE_FILE) if not (files / name).is_file()]
+    if missing:
+        raise ValueError(f"{where} holds no {', '.join(missing)}; it was not recorded by a qshield sweep trial")
+    try:
+        params = json.loads((files / PARAMS_FILE).read_text())
+        raw_space = json.loads((files / SPACE_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: unreadable record: {exc}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}/{PARAMS_FILE} is not a mapping of parameters")
+    return params, parse_space(raw_space, source=f"{where}/{SPACE_FILE}")

@@ -71,7 +71,6 @@ def card_registry() -> Iterator[dict[str, Any]]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
-        mp.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # run_sweep sets it; restored after
         try:
             result = run_sweep(parse_space(SPACE, source="<card tests>"), storage_path=str(tmp / "ray"),
                                tracking_uri=uri, experiment=EXPERIMENT, num_cpus=2, verbose=0)

@@ -174,13 +174,18 @@ def test_unknown_attack_lists_the_names(digits):
         AttackConfig(None)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("eps", [-0.01, 1.5, math.nan, math.inf, True, "0.1"])
+@pytest.mark.parametrize("eps", [-0.01, 1.5, math.nan, math.inf, True, "lots", "8/0"])
 def test_bad_eps_is_rejected(digits, eps):
     model, _, _ = digits
     with pytest.raises(ValueError, match=r"eps=.*\[0, 1\]"):
         build_attack(model, "pgd", eps=eps)
     with pytest.raises(ValueError, match=r"eps="):
         AttackConfig("fgsm", eps=eps)
+
+
+def test_eps_written_as_a_fraction_is_read_as_one():
+    assert AttackConfig("pgd", eps="8/255").eps == pytest.approx(8 / 255)
+    assert AttackConfig("pgd", eps="0.1").eps == pytest.approx(0.1)
 
 
 def test_unknown_override_lists_accepted_keys(digits):

@@ -385,7 +385,7 @@ CASES: list[Case] = [
     Case("space-empty-int-range", call(parse_space, space(**{"parameters.n_qubits": {"int": [4, 4]}})), SpaceError,
          "parameters.n_qubits.int", ("empty or inverted range", "lo < hi")),
     Case("space-loguniform-nonpositive", call(parse_space, space(**{"parameters.lr": {"loguniform": [0, 0.01]}})),
-         SpaceError, "parameters.lr.loguniform[0]", ("(0, 1]",)),
+         SpaceError, "parameters.lr.loguniform[0]", ("a number > 0",)),
     Case("space-bound-out-of-range", call(parse_space, space(**{"parameters.noise_strength": {"uniform": [0, 1.5]}})),
          SpaceError, "parameters.noise_strength.uniform[1]", ("[0, 1]",)),
     Case("space-unknown-topology", call(parse_space, space(**{"parameters.entanglement": {"choice": ["mesh"]}})),

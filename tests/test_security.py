@@ -7,7 +7,7 @@ secrets in MLflow, non-root read-only containers and authentication in every k8s
   CIFAR unpickler in ``qshield/data/_cifar10.py``. The scanner is shown to flag each unsafe form first.
 * A checkpoint carrying a pickled payload (which does run when unpickled unsafely: shown) is refused by
   ``load_model``, by a trial resuming from it (``run_trial(resume_from=...)``, the sweep's restore path), by
-  ``rerun_trial_from_dir``, by ``qshield evaluate`` and by ``load_registered`` for a registered champion, and the
+  ``qshield evaluate`` and by ``load_registered`` for a registered champion, and the
   payload never runs (its marker file is never created).
 * Environment variables named like secrets (``*TOKEN*``, ``*PASSWORD*``, ``*SECRET*``, ``*KEY*``) with unique
   sentinel values are set while a real trial is tracked through the sweep's own MLflow path (``SweepTracker``,
@@ -297,16 +297,20 @@ def test_a_resumed_trial_refuses_a_pickled_checkpoint(tmp_path: Path, monkeypatc
     assert not marker.exists()
 
 
-def test_rerun_from_a_model_dir_refuses_a_pickled_checkpoint(tmp_path: Path) -> None:
-    from orchestrator.trial import MODEL_FILE, rerun_trial_from_dir
+def test_opening_a_logged_model_dir_refuses_a_pickled_checkpoint(tmp_path: Path) -> None:
+    """The card/probe path (``views.open_model``) loads a downloaded trial directory: weights first, safely."""
+    from orchestrator.trial import MODEL_FILE, read_trial_record
+    from qshield.models import load_model
 
     marker = tmp_path / "payload_ran"
     space = _tiny_space()
     write_evil_model(tmp_path / "model" / MODEL_FILE, marker)
     (tmp_path / "model" / "params.json").write_text(json.dumps(_params(space)))
     (tmp_path / "model" / "space.json").write_text(json.dumps(space.to_dict()))
+    params, read_space = read_trial_record(tmp_path / "model")  # the record itself is plain JSON
+    assert read_space == space and params == _params(space)
     with pytest.raises(UnsafeCheckpointError):
-        rerun_trial_from_dir(tmp_path / "model")
+        load_model(tmp_path / "model" / MODEL_FILE)
     assert not marker.exists()
 
 

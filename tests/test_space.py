@@ -26,7 +26,7 @@ from orchestrator.space import (
     IntRange,
     LogUniform,
     Parameters,
-    QuantumBackend,
+    BackendName,
     SpaceError,
     SweepSpace,
     Uniform,
@@ -159,7 +159,7 @@ BAD = [
     ("parameters.w_q", {"uniform": [0.3, 0.3]}, "parameters.w_q.uniform", r"lo < hi"),
     ("parameters.noise_strength", 1.5, "parameters.noise_strength", r"\[0, 1\]"),
     ("parameters.readout_error", {"choice": [0.0, -0.1]}, "parameters.readout_error.choice[1]", r"\[0, 1\]"),
-    ("parameters.lr", {"loguniform": [0, 0.01]}, "parameters.lr.loguniform[0]", r"\(0, 1\]"),
+    ("parameters.lr", {"loguniform": [0, 0.01]}, "parameters.lr.loguniform[0]", r"a number > 0"),
     ("parameters.w_q", {"loguniform": [0, 0.5]}, "parameters.w_q.loguniform[0]", r"lo > 0"),
     ("parameters.arch", {"choice": []}, "parameters.arch.choice", r"'dnn', 'cnn', 'resnet18', 'hybrid'"),
     ("parameters.fusion", {"choice": ["fixed", "gated", "fixed"]}, "parameters.fusion.choice[2]", r"duplicate"),
@@ -373,10 +373,36 @@ def test_name_lists_agree_with_the_library_registries():
 
     assert [d.value for d in Dataset] == list(DATASETS)
     assert [a.value for a in AttackName] == list(ATTACKS)
-    assert [b.value for b in QuantumBackend] == list(BACKENDS)
+    assert [b.value for b in BackendName] == list(BACKENDS)
     assert {d.value for d in Dataset} == set(DEFAULT_EPS) == set(LIB_EPS)
     assert {a.value for a in EPS_ATTACKS} == {"fgsm", "pgd", "apgd", "vmifgsm", "square", "autoattack"}
     assert list(Parameters.model_fields) == list(PARAMETERS)
+
+
+def test_parameters_are_the_library_configs_searchable_fields():
+    """One schema: every sweep parameter is a searchable field of ModelConfig or TrainConfig (w_q aside), with
+    that field's own enum, range and default — nothing restated in the orchestrator."""
+    from qshield.models import ModelConfig
+    from qshield.schema import field_rule, searchable_fields
+    from qshield.training import TrainConfig
+
+    library = {**searchable_fields(ModelConfig), **searchable_fields(TrainConfig)}
+    assert set(PARAMETERS) == set(library) | {"w_q"}
+    for name, rule in library.items():
+        spec = PARAMETERS[name]
+        assert (spec.kind, spec.choices, spec.lo, spec.hi, spec.lo_open, spec.nullable) == (
+            rule.kind, rule.choices, rule.lo, rule.hi, rule.lo_open, rule.nullable), name
+        assert spec.default == rule.default or spec.default == getattr(rule.default, "value", rule.default)
+        assert Parameters().domains()[name] == Fixed(spec.validate(rule.default))
+    # the same rule refuses the same value in both places, with the same message
+    with pytest.raises(ValueError) as lib_err:
+        ModelConfig(depth=0)
+    with pytest.raises(SpaceError) as space_err:
+        parse_space({"name": "x", "dataset": "digits", "parameters": {"depth": 0, "lr": {"choice": [0.1, 0.2]}}})
+    assert str(lib_err.value) in str(space_err.value)
+    assert field_rule(TrainConfig, "lr").allowed() in str(
+        pytest.raises(SpaceError, parse_space, {"name": "x", "dataset": "digits",
+                                               "parameters": {"lr": {"choice": [0.0, 0.1]}}}).value)
 
 
 def test_importing_the_space_module_does_not_import_ray():
@@ -546,3 +572,33 @@ def test_too_few_qubits_for_the_classes_with_probs_is_refused_before_ray():
         parse_space(base)
     base["parameters"]["measurement"] = "expval"  # <Z_q> + a linear head: any n works
     parse_space(base)
+
+
+def test_the_documented_parameter_table_is_generated_from_the_rules():
+    """docs/search-spaces.md's table is the generator's output for the current rules (regenerate with
+    ``python -m orchestrator.space --write-docs``); the generator refuses a page without its markers."""
+    from orchestrator.space._doc import DOCS_PAGE, parameters_table, render_page
+
+    page = (ROOT / DOCS_PAGE).read_text(encoding="utf-8")
+    assert render_page(page) == page, "docs/search-spaces.md is stale: python -m orchestrator.space --write-docs"
+    table = parameters_table()
+    for name, spec in PARAMETERS.items():
+        assert f"| `{name}` |" in table and spec.doc in table
+    with pytest.raises(ValueError, match="no generated block"):
+        render_page("# a page without the markers\n")
+    check = subprocess.run([sys.executable, "-m", "orchestrator.space", "--check-docs"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_diagnostics_settings_are_the_library_masking_config():
+    base = {"name": "x", "dataset": "digits", "parameters": {"lr": {"choice": [0.1, 0.2]}}}
+    space = parse_space({**base, "attacks": {"n_eval": 16, "diagnostics": {"steps": 5, "n_examples": 100}}})
+    cfg = space.masking_config()
+    assert (cfg.steps, cfg.n_examples, cfg.seed) == (5, 16, space.seed)  # capped at n_eval
+    assert parse_space({**base, "attacks": {"diagnostics": False}}).masking_config() is None
+    assert parse_space({**base, "attacks": {"diagnostics": True}}).masking_config().n_examples == 32
+    with pytest.raises(SpaceError, match=r"attacks\.diagnostics\.stepz: unknown key 'stepz'; allowed keys: n_examples"):
+        parse_space({**base, "attacks": {"diagnostics": {"stepz": 5}}})
+    with pytest.raises(SpaceError, match=r"attacks\.diagnostics\.steps: steps=0 is out of range"):
+        parse_space({**base, "attacks": {"diagnostics": {"steps": 0}}})

@@ -107,16 +107,13 @@ def write_space(path: Path, space: dict[str, Any]) -> Path:
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """A private working directory, sqlite MLflow store and Tune storage; no inherited cluster address.
-
-    ``run_sweep`` sets ``TUNE_DISABLE_STRICT_METRIC_CHECKING`` in ``os.environ``; setting it here first makes
-    monkeypatch restore the previous state afterwards.
-    """
+    """A private working directory, sqlite MLflow store and Tune storage; no inherited cluster address; Tune's
+    strict metric check on (every report must name the objectives)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)
     return {"tmp": tmp_path, "uri": uri, "storage": tmp_path / "ray_results"}
 
 

@@ -134,9 +134,6 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
             **lease.tags(),  # the driver holding the sweep
         },
     )
-    # Per-epoch reports carry training metrics only; the objectives arrive with the final report, which is all
-    # the searcher reads (on trial completion). Tune's strict check would demand them in every report.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     init_ray(num_cpus)
 
     resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}

@@ -13,9 +13,8 @@ The intended use (the runner adds its trainable, ``RunConfig`` and callbacks)::
 ``OptunaSearch`` receives its space from ``param_space`` (Tune calls ``set_search_properties``), so the
 searcher is built without one; ``metric``/``mode`` must then NOT be passed to ``TuneConfig`` (the searcher
 holds the objective lists). Tune checks that every reported result carries the searcher's metrics (and the
-scheduler's ``val_accuracy``): either report the objectives in every result, or, when per-epoch results carry
-only training metrics, set ``TUNE_DISABLE_STRICT_METRIC_CHECKING=1``. Optuna is told only the final result of a
-trial; a trial without the objectives there (e.g. stopped early by ASHA) is not counted as a completed trial.
+scheduler's ``val_accuracy``), so a trial's per-epoch reports name the objectives with None until its final
+report gives their values (``orchestrator.trial.run_trial``). Optuna is told only the final result of a trial; a trial without the objectives there (e.g. stopped early by ASHA) is not counted as a completed trial.
 """
 
 from __future__ import annotations
@@ -54,9 +53,10 @@ def to_tune_param_space(space: SweepSpace) -> dict[str, Any]:
 
     Fixed parameters become plain values (enums as their strings); ``choice`` → ``tune.choice``, ``uniform`` →
     ``tune.uniform``, ``loguniform`` → ``tune.loguniform``, ``int: [lo, hi]`` → ``tune.randint(lo, hi + 1)``
-    (inclusive ``hi``). Keys: every name of ``PARAMETERS`` (arch, backbone, n_qubits, ..., method).
+    (inclusive ``hi``). Keys: every name of ``PARAMETERS`` (arch, backbone, n_qubits, ..., method);
+    ``n_qubits: null`` resolved for the dataset (``SweepSpace.resolved_domains``).
     """
-    return {name: _tune_domain(domain) for name, domain in space.parameters.domains().items()}
+    return {name: _tune_domain(domain) for name, domain in space.resolved_domains().items()}
 
 
 def make_sampler(space: SweepSpace) -> Any:

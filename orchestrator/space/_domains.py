@@ -16,8 +16,6 @@ Parsing errors are raised as ``pydantic_core.PydanticCustomError`` carrying the 
 from __future__ import annotations
 
 import enum
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,14 +23,20 @@ from typing import Any, NoReturn
 
 from pydantic_core import PydanticCustomError
 
-from qshield.quantum import MAX_QUBITS, MIN_QUBITS, Entanglement, Measurement, Noise
+from pydantic import Field
+
+from qshield.models import Arch, Backbone, BackendName, FusionMode, ModelConfig
+from qshield.schema import Choice as SchemaChoice
+from qshield.schema import Config, FieldRule, Probability, parse_number, searchable, searchable_fields, validate_field
+from qshield.training import TrainConfig, TrainMethod
 
 __all__ = [
     "Arch",
     "Backbone",
-    "Fusion",
-    "QuantumBackend",
+    "FusionMode",
+    "BackendName",
     "TrainMethod",
+    "SweepOnly",
     "Fixed",
     "Choice",
     "Uniform",
@@ -48,53 +52,14 @@ __all__ = [
 ]
 
 
-class _StrChoice(str, enum.Enum):
-    """A string enum that prints as its value (``str(Arch.CNN) == "cnn"``)."""
-
-    def __str__(self) -> str:
-        return str(self.value)
+_StrChoice = SchemaChoice  # the string-enum base of every choice (qshield.schema.Choice)
 
 
-class Arch(_StrChoice):
-    """Model architecture (paper: the DNN and CNN baselines, and the hybrid quantum-classical network; plus
-    ``reference_hybrid``, the QShield reference code's hybrid reproduced with its flaws, attacked adaptively)."""
+class SweepOnly(Config):
+    """Parameters that belong to the sweep rather than to a library config (the library takes them in another
+    form): ``w_q`` is the fixed fusion's quantum weight, given to the model as ``fusion_weights=(1 - w_q, w_q)``."""
 
-    DNN = "dnn"
-    CNN = "cnn"
-    RESNET18 = "resnet18"
-    HYBRID = "hybrid"
-    REFERENCE_HYBRID = "reference_hybrid"
-
-
-class Backbone(_StrChoice):
-    """Classical backbone of the hybrid model (the paper uses ResNet-18)."""
-
-    CNN = "cnn"
-    RESNET18 = "resnet18"
-
-
-class Fusion(_StrChoice):
-    """How the classical and quantum class scores are combined (see docs/models.md)."""
-
-    FIXED = "fixed"
-    LEARNED = "learned"
-    GATED = "gated"
-
-
-class QuantumBackend(_StrChoice):
-    """Simulator backend of the quantum layer (mirrors ``qshield.quantum.backends.BACKENDS``)."""
-
-    TORCH = "torch"
-    QULACS = "qulacs"
-    PENNYLANE = "pennylane"
-
-
-class TrainMethod(_StrChoice):
-    """Training method: plain, PGD adversarial training, or Quantum Patches augmentation (arXiv 2604.08827)."""
-
-    STANDARD = "standard"
-    PGD_AT = "pgd_at"
-    QUANTUM_PATCHES = "quantum_patches"
+    w_q: Probability = Field(0.5, json_schema_extra=searchable("quantum weight of `fusion: fixed` (w_c = 1 − w_q)"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,34 +73,6 @@ def fail(detail: str, value: Any, subpath: tuple[str | int, ...] = ()) -> NoRetu
     ``<key path>: <detail>; got <value>``.
     """
     raise PydanticCustomError("qshield_space", "{detail}", {"detail": detail, "value": value, "subpath": subpath})
-
-
-# ----------------------------------------------------------------------------------------------------------
-# numbers
-
-_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
-
-
-def parse_number(value: Any) -> float | None:
-    """``value`` as a float, or None when it is not a number.
-
-    Accepts ints and floats (not bools), numeric strings (YAML reads ``1e-3`` without a dot as a string) and
-    fractions written as strings (``"8/255"``), which is how ε is usually quoted.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        match = _FRACTION.match(value)
-        if match:
-            den = float(match.group(2))
-            return float(match.group(1)) / den if den != 0 else None
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,105 +167,59 @@ def domain_max(domain: Domain) -> float:
 
 
 @dataclass(frozen=True)
-class ParamSpec:
-    """What one parameter accepts.
+class ParamSpec(FieldRule):
+    """What one sweep parameter accepts: the :class:`~qshield.schema.FieldRule` of the config field it sets
+    (``owner``), plus the search forms its kind allows."""
 
-    Attributes:
-        kind: ``"enum"``, ``"int"`` or ``"float"``.
-        default: value used when the YAML does not mention the parameter.
-        doc: one line for the docs and error messages.
-        choices: the enum class (kind ``"enum"``).
-        lo, hi: inclusive bounds (None: unbounded); ``lo_open`` makes the lower bound exclusive.
-    """
-
-    kind: str
-    default: Any
-    doc: str
-    choices: type[enum.Enum] | None = None
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
+    owner: type[Config] | None = None
+    name: str = ""
 
     @property
     def forms(self) -> tuple[str, ...]:
         """The search forms this parameter accepts besides a fixed scalar."""
-        if self.kind == "enum":
+        if self.kind in ("enum", "bool"):
             return ("choice",)
         if self.kind == "int":
             return ("choice", "int")
         return ("choice", "uniform", "loguniform")
 
-    def allowed(self) -> str:
-        """The allowed values or range, as written in error messages."""
-        if self.kind == "enum":
-            assert self.choices is not None
-            return "allowed values: " + ", ".join(repr(m.value) for m in self.choices)
-        kind = "an integer" if self.kind == "int" else "a number"
-        if self.kind == "int" and self.lo is not None and self.hi is not None:
-            return f"allowed: {kind} in {int(self.lo)}..{int(self.hi)}"
-        if self.lo is not None and self.hi is not None:
-            return f"allowed: {kind} in {'(' if self.lo_open else '['}{_g(self.lo)}, {_g(self.hi)}]"
-        if self.lo is not None:
-            return f"allowed: {kind} {'>' if self.lo_open else '>='} {_g(self.lo)}"
-        return f"allowed: {kind}"
+    def validate(self, value: Any) -> Any:
+        """``value`` checked and converted by the owning field's own rule (``ValueError`` naming the field)."""
+        assert self.owner is not None
+        return validate_field(self.owner, self.name, value)
 
 
-def _g(x: float) -> str:
-    return f"{x:g}"
+def _table() -> dict[str, ParamSpec]:
+    """The searchable fields of the model, the sweep (``w_q``, after ``fusion``) and training, in that order."""
+    out: dict[str, ParamSpec] = {}
+    sources: list[tuple[type[Config], Mapping[str, FieldRule]]] = [
+        (ModelConfig, searchable_fields(ModelConfig)),
+        (SweepOnly, searchable_fields(SweepOnly)),
+        (TrainConfig, searchable_fields(TrainConfig)),
+    ]
+    for owner, rules in sources:
+        for name, rule in rules.items():
+            out[name] = ParamSpec(**vars(rule), owner=owner, name=name)
+    # w_q reads best next to the fusion it weights (parameter order is also the Optuna order of a space)
+    order = [n for n in out if n != "w_q"]
+    order.insert(order.index("fusion") + 1, "w_q")
+    return {n: out[n] for n in order}
 
 
-#: The parameters a sweep may fix or search, with their rules and defaults (paper defaults where it has one:
-#: Adam lr 1e-3, weight decay 1e-4, 10 epochs, batch 128, depth 1, n_qubits = max(2, ceil(log2 C)) = 4 for
-#: the 10/11-class datasets here). Parameters that only concern the hybrid model are ignored by dnn/cnn/resnet18.
-PARAMETERS: Mapping[str, ParamSpec] = MappingProxyType(
-    {
-        "arch": ParamSpec("enum", Arch.HYBRID, "model architecture", Arch),
-        "backbone": ParamSpec("enum", Backbone.CNN, "classical backbone of the hybrid model", Backbone),
-        "n_qubits": ParamSpec("int", 4, "qubits of the quantum layer", lo=MIN_QUBITS, hi=MAX_QUBITS),
-        "depth": ParamSpec("int", 1, "entangling layers of the circuit", lo=1),
-        "entanglement": ParamSpec("enum", Entanglement.LINEAR, "CNOT topology per layer", Entanglement),
-        "noise": ParamSpec("enum", Noise.NONE, "noise channel after each layer", Noise),
-        "noise_strength": ParamSpec("float", 0.0, "noise channel probability p", lo=0.0, hi=1.0),
-        "readout_error": ParamSpec("float", 0.0, "symmetric readout bit-flip probability", lo=0.0, hi=1.0),
-        "measurement": ParamSpec("enum", Measurement.PROBS, "circuit readout", Measurement),
-        "fusion": ParamSpec("enum", Fusion.GATED, "classical/quantum fusion mode", Fusion),
-        "w_q": ParamSpec("float", 0.5, "quantum fusion weight w_q (w_c = 1 - w_q)", lo=0.0, hi=1.0),
-        "backend": ParamSpec("enum", QuantumBackend.TORCH, "quantum simulator backend", QuantumBackend),
-        "lr": ParamSpec("float", 1e-3, "Adam learning rate", lo=0.0, hi=1.0, lo_open=True),
-        "weight_decay": ParamSpec("float", 1e-4, "Adam weight decay", lo=0.0, hi=1.0),
-        "epochs": ParamSpec("int", 10, "training epochs", lo=1),
-        "batch_size": ParamSpec("int", 128, "training batch size", lo=1),
-        "method": ParamSpec("enum", TrainMethod.STANDARD, "training method", TrainMethod),
-        "pgd_steps": ParamSpec("int", 7, "PGD steps per batch of method pgd_at (step 2.5·ε/steps, ε of the space)",
-                               lo=1),
-    }
-)
+#: The parameters a sweep may fix or search — derived from the library's configs (the fields marked
+#: ``searchable`` in ``qshield.models.ModelConfig`` and ``qshield.training.TrainConfig``) plus ``w_q``: their
+#: rules, defaults and docs are the library's own (paper defaults: Adam lr 1e-3, weight decay 1e-4, 10 epochs,
+#: batch 128, depth 1, n_qubits null = max(2, ceil(log2 C))). Parameters that only concern the hybrid model are
+#: ignored by dnn/cnn/resnet18.
+PARAMETERS: Mapping[str, ParamSpec] = MappingProxyType(_table())
 
 
 def _parse_scalar(name: str, spec: ParamSpec, value: Any, subpath: tuple[str | int, ...]) -> Any:
-    """One value of parameter ``name``, checked against its spec."""
-    if spec.kind == "enum":
-        assert spec.choices is not None
-        if isinstance(value, str):
-            try:
-                return spec.choices(value.strip().lower())
-            except ValueError:
-                pass
-        fail(f"unknown {name}; {spec.allowed()}", value, subpath)
-    if spec.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail(f"{name} must be an integer; {spec.allowed()}", value, subpath)
-        number: float = value
-    else:
-        parsed = parse_number(value)
-        if parsed is None or not math.isfinite(parsed):
-            fail(f"{name} must be a finite number; {spec.allowed()}", value, subpath)
-        number = parsed
-    too_low = spec.lo is not None and (number <= spec.lo if spec.lo_open else number < spec.lo)
-    too_high = spec.hi is not None and number > spec.hi
-    if too_low or too_high:
-        fail(f"{name} is out of range; {spec.allowed()}", value, subpath)
-    return value if spec.kind == "int" else number
+    """One value of parameter ``name``, checked by its config field's rule."""
+    try:
+        return spec.validate(value)
+    except ValueError as exc:
+        fail(str(exc), value, subpath)
 
 
 def parse_domain(name: str, raw: Any) -> Domain:
@@ -372,6 +263,6 @@ def parse_domain(name: str, raw: Any) -> Domain:
         return Uniform(lo, hi) if form == "uniform" else LogUniform(lo, hi)
     if isinstance(raw, list):
         fail(f"a list is ambiguous; write {{choice: [...]}} to search or a scalar to fix {name}", raw)
-    if raw is None:
+    if raw is None and not spec.nullable:
         fail(f"{name} needs a value; {spec.allowed()}", raw)
     return Fixed(_parse_scalar(name, spec, raw, ()))

@@ -9,17 +9,32 @@ range. Errors carry the key path so :func:`orchestrator.space.load_space` can re
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from qshield.attacks import ATTACKS, PAPER_ATTACKS
 from qshield.attacks import DEFAULT_EPS as _ATTACK_DEFAULT_EPS
 from qshield.quantum import CircuitSpec, Measurement, Noise
+
+from qshield.data import DATASETS
+from qshield.models import default_n_qubits
+from qshield.schema import config_error, registry_choice, validate_field
+from qshield.schema import Eps as _EpsRule
 
 from ._domains import (
     PARAMETERS,
@@ -56,29 +71,11 @@ __all__ = [
 ]
 
 
-class Dataset(_StrChoice):
-    """Datasets a sweep can use (the names of ``qshield.data``'s registry; the one list in the orchestrator)."""
+#: Datasets a sweep can use: the names of ``qshield.data.DATASETS`` (registering a dataset there adds it here).
+Dataset = registry_choice("Dataset", list(DATASETS), "Datasets a sweep can use (qshield.data.DATASETS).")
 
-    MNIST = "mnist"
-    CIFAR10 = "cifar10"
-    ORGANAMNIST = "organamnist"
-    CINIC10 = "cinic10"
-    MNIST5K = "mnist5k"
-    DIGITS = "digits"
-
-
-class AttackName(_StrChoice):
-    """Attacks evaluated after training (``qshield.attacks``; settings in the paper's table)."""
-
-    FGSM = "fgsm"
-    PGD = "pgd"
-    APGD = "apgd"
-    VMIFGSM = "vmifgsm"
-    CW = "cw"
-    DEEPFOOL = "deepfool"
-    ONEPIXEL = "onepixel"
-    SQUARE = "square"
-    AUTOATTACK = "autoattack"
+#: Attacks evaluated after training: the names of ``qshield.attacks.ATTACKS`` (settings in ``docs/attacks.md``).
+AttackName = registry_choice("AttackName", list(ATTACKS), "Attacks a sweep can evaluate (qshield.attacks.ATTACKS).")
 
 
 class Objective(_StrChoice):
@@ -148,17 +145,18 @@ class _Strict(BaseModel):
 
 
 def _eps_at(value: Any, subpath: tuple[str | int, ...] = ()) -> float:
-    """ε as a float in [0, 1]; accepts fractions such as ``"8/255"``."""
-    number = parse_number(value)
-    if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        fail("eps must be a number in [0, 1] (L∞ bound on images in [0, 1], e.g. 8/255)", value, subpath)
-    return number
+    """ε as a float in [0, 1] by the library's one ε rule (``qshield.schema.Eps``); accepts ``"8/255"``."""
+    try:
+        return float(_EPS.validate_python(value))
+    except ValueError as exc:
+        fail(config_error(exc) if isinstance(exc, ValidationError) else str(exc), value, subpath)
 
 
 def _eps(value: Any) -> Any:
     return _eps_at(value)
 
 
+_EPS = TypeAdapter(_EpsRule)
 Eps = Annotated[float, BeforeValidator(_eps)]
 PosInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
@@ -169,35 +167,14 @@ StrictBool = Annotated[bool, Field(strict=True)]
 # parameters
 
 
-def _default(name: str) -> Fixed:
-    return Fixed(PARAMETERS[name].default)
-
-
-class Parameters(_Strict):
-    """The hyper-parameters of a trial, each fixed or searched (rules in ``_space_domains.PARAMETERS``).
+class _ParametersBase(_Strict):
+    """The hyper-parameters of a trial, each fixed or searched; one field per entry of
+    :data:`~orchestrator.space.PARAMETERS` (the searchable fields of the library's configs), its default the
+    config field's default.
 
     Quantum and fusion parameters only matter for ``arch: hybrid``; ``backbone`` only for the hybrid model;
-    ``w_q`` only for ``fusion: fixed`` (w_c = 1 − w_q).
+    ``w_q`` only for ``fusion: fixed`` (w_c = 1 − w_q); ``pgd_steps`` only for ``method: pgd_at``.
     """
-
-    arch: Domain = _default("arch")
-    backbone: Domain = _default("backbone")
-    n_qubits: Domain = _default("n_qubits")
-    depth: Domain = _default("depth")
-    entanglement: Domain = _default("entanglement")
-    noise: Domain = _default("noise")
-    noise_strength: Domain = _default("noise_strength")
-    readout_error: Domain = _default("readout_error")
-    measurement: Domain = _default("measurement")
-    fusion: Domain = _default("fusion")
-    w_q: Domain = _default("w_q")
-    backend: Domain = _default("backend")
-    lr: Domain = _default("lr")
-    weight_decay: Domain = _default("weight_decay")
-    epochs: Domain = _default("epochs")
-    batch_size: Domain = _default("batch_size")
-    method: Domain = _default("method")
-    pgd_steps: Domain = _default("pgd_steps")
 
     @field_validator("*", mode="plain")
     @classmethod
@@ -216,6 +193,15 @@ class Parameters(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """The YAML form: scalars for fixed parameters, ``{form: ...}`` for searched ones."""
         return {name: d.to_yaml() for name, d in self.domains().items()}
+
+
+Parameters = create_model(  # type: ignore[call-overload]
+    "Parameters",
+    __base__=_ParametersBase,
+    __module__=__name__,
+    **{name: (Domain, Fixed(spec.validate(spec.default))) for name, spec in PARAMETERS.items()},
+)
+Parameters.__doc__ = _ParametersBase.__doc__
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,20 +237,10 @@ def _attack_params(name: str, value: Any) -> dict[str, Any] | None:
     return out
 
 
-class AttackSettings(_Strict):
+class _AttackSettingsBase(_Strict):
     """Per-attack overrides, keyed by attack name; an attack left out runs with its preset (the reference's
-    settings, ``docs/attacks.md``). Keys per attack: ``qshield.attacks.ATTACKS[name].param_names`` (e.g. pgd:
-    alpha, steps, random_start, eot_iter) and ``eps`` for the L∞ attacks (fgsm, pgd, apgd, vmifgsm, square)."""
-
-    fgsm: dict[str, Any] | None = None
-    pgd: dict[str, Any] | None = None
-    apgd: dict[str, Any] | None = None
-    vmifgsm: dict[str, Any] | None = None
-    cw: dict[str, Any] | None = None
-    deepfool: dict[str, Any] | None = None
-    onepixel: dict[str, Any] | None = None
-    square: dict[str, Any] | None = None
-    autoattack: dict[str, Any] | None = None
+    settings, ``docs/attacks.md``). One key per attack of ``qshield.attacks.ATTACKS``; its keys are that preset's
+    ``param_names`` (e.g. pgd: alpha, steps, random_start, eot_iter) and ``eps`` for the L∞ attacks."""
 
     @field_validator("*", mode="plain")
     @classmethod
@@ -272,9 +248,52 @@ class AttackSettings(_Strict):
         assert info.field_name is not None
         return _attack_params(info.field_name, value)
 
-    def given(self) -> dict[AttackName, dict[str, Any]]:
+    def given(self) -> dict[Any, dict[str, Any]]:
         """``{attack: overrides}`` for the attacks that have an entry."""
         return {AttackName(k): v for k in type(self).model_fields if (v := getattr(self, k)) is not None}
+
+
+AttackSettings = create_model(  # type: ignore[call-overload]
+    "AttackSettings",
+    __base__=_AttackSettingsBase,
+    __module__=__name__,
+    **{name: (dict[str, Any] | None, None) for name in ATTACKS},
+)
+AttackSettings.__doc__ = _AttackSettingsBase.__doc__
+
+
+#: The masking checks' settings in a sweep when a space gives none (``true``): 32 images, to keep a trial's
+#: evaluation short; the rest are ``qshield.evaluation.MaskingConfig``'s defaults.
+_DEFAULT_DIAGNOSTICS: Mapping[str, Any] = MappingProxyType({"n_examples": 32})
+
+
+def _library_overrides(
+    config: Any, value: Any, what: str, *, skip: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Overrides of a library config (a :class:`qshield.schema.Config`) given in a space: unknown keys and bad
+    values refused by the config's own rules, with its message; null skips the measurement."""
+    if value is None:
+        return None
+    allowed = [name for name in config.model_fields if name not in skip]
+    if not isinstance(value, Mapping):
+        fail(f"{what} must be a mapping with keys from: {', '.join(allowed)} (or null to skip it)", value)
+    out = dict(defaults or {})
+    for key, raw in value.items():
+        if key not in allowed:
+            fail(f"unknown key {key!r}; allowed keys: {', '.join(allowed)}", key, (str(key),))
+        try:
+            out[key] = _plain_json(validate_field(config, key, raw))
+        except ValueError as exc:
+            fail(str(exc), raw, (str(key),))
+    try:
+        config(**out)
+    except ValueError as exc:
+        fail(str(exc), value)
+    return out
+
+
+def _plain_json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 class AttacksConfig(_Strict):
@@ -286,7 +305,10 @@ class AttacksConfig(_Strict):
         n_eval: test examples evaluated (the first ``n_eval`` of the test split; only the correctly
             classified ones are attacked).
         batch_size: evaluation batch size.
-        diagnostics: run the gradient-masking checks (``qshield.evaluation``).
+        diagnostics: settings of the gradient-masking checks (``qshield.evaluation.MaskingConfig`` keys, e.g.
+            ``n_examples``, ``steps``, ``eps_schedule``, ``square_queries``; ``true`` = the sweep's defaults,
+            ``{n_examples: 32}``; ``false``/null skips them). ``n_examples`` is capped at ``n_eval``; ε, seed and
+            batch size are the sweep's.
         settings: per-attack overrides (:class:`AttackSettings`).
         min_eps: settings of the smallest-flipping-ε measurement behind ``adversary_cost``
             (``qshield.evaluation.MinEpsConfig`` keys: ``eps_max``, ``rounds``, ``steps``, ``step_ratio``;
@@ -297,7 +319,7 @@ class AttacksConfig(_Strict):
     eps: Eps | None = None
     n_eval: PosInt = 256
     batch_size: PosInt = 128
-    diagnostics: StrictBool = True
+    diagnostics: dict[str, Any] | None = Field(default_factory=lambda: dict(_DEFAULT_DIAGNOSTICS))
     settings: AttackSettings = AttackSettings()
     min_eps: dict[str, Any] | None = Field(default_factory=dict)
 
@@ -306,22 +328,19 @@ class AttacksConfig(_Strict):
     def _min_eps(cls, value: Any) -> Any:
         from qshield.evaluation import MinEpsConfig
 
-        if value is None:
+        return _library_overrides(MinEpsConfig, value, "min_eps", skip=("params",))
+
+    @field_validator("diagnostics", mode="before")
+    @classmethod
+    def _diagnostics(cls, value: Any) -> Any:
+        from qshield.evaluation import MaskingConfig
+
+        if value is True:
+            return dict(_DEFAULT_DIAGNOSTICS)
+        if value is False:
             return None
-        allowed = ", ".join(f.name for f in dataclasses.fields(MinEpsConfig) if f.name != "params")
-        if not isinstance(value, Mapping):
-            fail(f"min_eps must be a mapping with keys from: {allowed} (or null to skip it)", value)
-        out = {}
-        for key, raw in value.items():
-            if key not in allowed.split(", "):
-                fail(f"unknown key {key!r}; allowed keys: {allowed}", key, (str(key),))
-            number = parse_number(raw) if key in ("eps_max", "step_ratio") else raw
-            out[key] = raw if number is None else number
-        try:
-            MinEpsConfig(**out)
-        except (TypeError, ValueError) as exc:
-            fail(str(exc), value)
-        return out
+        return _library_overrides(MaskingConfig, value, "diagnostics", skip=("eps", "seed", "batch_size"),
+                                  defaults=_DEFAULT_DIAGNOSTICS)
 
     @field_validator("names", mode="after")
     @classmethod
@@ -573,7 +592,7 @@ class SweepSpace(_Strict):
         archs = domain_values(self.parameters.arch) or ()
         if Arch.HYBRID not in archs and Arch.REFERENCE_HYBRID not in archs:
             return
-        n_max = int(domain_max(self.parameters.n_qubits))
+        n_min, n_max = self.n_qubits_range()
         noises = domain_values(self.parameters.noise) or ()
         noisy = any(n is not Noise.NONE for n in noises) and domain_max(self.parameters.noise_strength) > 0
         try:
@@ -585,11 +604,8 @@ class SweepSpace(_Strict):
         # probs outputs 2**n basis states mapped onto the classes: too few qubits cannot name every class
         measurements = domain_values(self.parameters.measurement) or ()
         if Measurement.PROBS in [Measurement.parse(m, "measurement") for m in measurements]:
-            from qshield.data import dataset_spec
-
-            classes = dataset_spec(self.dataset.value).num_classes
-            need = max(2, math.ceil(math.log2(classes)))
-            n_min = _domain_min(self.parameters.n_qubits)
+            classes = self._num_classes()
+            need = default_n_qubits(classes)
             if n_min < need:
                 fail(
                     f"with measurement 'probs' a hybrid needs 2**n_qubits >= the {classes} classes of "
@@ -597,6 +613,29 @@ class SweepSpace(_Strict):
                     n_min,
                     ("parameters", "n_qubits"),
                 )
+
+    def _num_classes(self) -> int:
+        from qshield.data import dataset_spec
+
+        return dataset_spec(self.dataset.value).num_classes
+
+    def resolved_domains(self) -> dict[str, Domain]:
+        """``{name: domain}`` of every parameter with ``n_qubits: null`` resolved to the model's rule for the
+        dataset's classes (what trials get and MLflow logs)."""
+        domains = self.parameters.domains()
+        if domains["n_qubits"] == Fixed(None):
+            domains["n_qubits"] = Fixed(default_n_qubits(self._num_classes()))
+        return domains
+
+    def n_qubits_range(self) -> tuple[int, int]:
+        """The smallest and largest qubit count a trial can get (null: the model's rule for the dataset's
+        classes, ``qshield.models.default_n_qubits``)."""
+        domain = self.parameters.n_qubits
+        values = domain_values(domain)
+        if values is None:
+            return int(getattr(domain, "lo")), int(getattr(domain, "hi"))
+        resolved = [default_n_qubits(self._num_classes()) if v is None else int(v) for v in values]
+        return min(resolved), max(resolved)
 
     # ---- convenience for the trainable and the runner ----
 
@@ -622,6 +661,18 @@ class SweepSpace(_Strict):
         """The sweep's L∞ threat model: ``attacks.eps``, else the dataset's default (PGD adversarial training
         trains at it)."""
         return float(self.attacks.eps) if self.attacks.eps is not None else float(DEFAULT_EPS[self.dataset.value])
+
+    def masking_config(self) -> Any:
+        """``qshield.evaluation.MaskingConfig`` of ``attacks.diagnostics`` (None when they are skipped), its
+        ``n_examples`` capped at ``attacks.n_eval`` and seeded with the sweep's seed."""
+        from qshield.evaluation import MaskingConfig
+
+        settings = self.attacks.diagnostics
+        if settings is None:
+            return None
+        n_examples = min(int(settings.get("n_examples", MaskingConfig().n_examples)), self.attacks.n_eval)
+        return MaskingConfig(**{**settings, "n_examples": n_examples, "seed": self.seed,
+                                "batch_size": self.attacks.batch_size})
 
     def min_eps_config(self) -> Any:
         """``qshield.evaluation.MinEpsConfig`` of ``attacks.min_eps`` (None when it is skipped)."""
@@ -663,14 +714,6 @@ def _in_domain(value: Any, domain: Domain) -> bool:
         return value in values
     lo, hi = getattr(domain, "lo"), getattr(domain, "hi")
     return lo <= value <= hi
-
-
-def _domain_min(domain: Domain) -> float:
-    """The smallest value a numeric domain can take."""
-    lo = getattr(domain, "lo", None)
-    if lo is not None:
-        return float(lo)
-    return min(float(v) for v in (domain_values(domain) or ()))
 
 
 def _attack(attack: AttackName | str) -> AttackName:

@@ -345,12 +345,11 @@ def verify_version(
     import numpy as np
     import torch
 
-    from ..space import parse_space
-    from ..trial import evaluate_trained
+    from ..trial import evaluate_trained, read_trial_record
 
     uri = f"models:/{name}/{version}"
     model, _, local = load_registered(uri, tracking_uri)
-    space = parse_space(json.loads((local / "space.json").read_text()), source=str(local / "space.json"))
+    _, space = read_trial_record(local, source=uri)
     fresh = evaluate_trained(model, space)
     checked = {}
     bad = []

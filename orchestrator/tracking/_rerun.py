@@ -20,18 +20,14 @@ Not reproducible this way: a trial that was resumed mid-training from a checkpoi
 driver restart) restarted its optimiser at the resumed epoch, so a from-scratch re-run differs from it after that
 epoch; the comparison then reports the first differing epoch.
 
-The library command ``qshield train`` (:mod:`qshield.cli`, which never imports MLflow) gets ``--from-run`` from
-:func:`add_from_run_arguments`, called by the application's parser (:mod:`orchestrator.cli`).
+The command line is ``qshield rerun RUN_ID`` (:mod:`orchestrator.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,7 +39,6 @@ __all__ = [
     "RecordedTrial",
     "RerunError",
     "RerunReport",
-    "add_from_run_arguments",
     "fetch_trial",
     "is_timing_key",
     "rerun",
@@ -160,7 +155,7 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from ..space import SpaceError, parse_space
+    from ..trial import read_trial_record
     from ._model import use_tracking_uri
     from ._tracker import ROLE, SWEEP, TRIAL, resolve_tracking_uri
 
@@ -202,12 +197,9 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
         raise RerunError(f"--from-run={run_id!r}: its model's {MODEL_ARTIFACT}/ lack {', '.join(missing)}; "
                          f"the trial was not recorded by a qshield sweep")
     try:
-        params = json.loads((local / "params.json").read_text())
-        space = parse_space(json.loads((local / "space.json").read_text()), source=f"{run_id}:model/space.json")
-    except (json.JSONDecodeError, SpaceError) as exc:
-        raise RerunError(f"--from-run={run_id!r}: unreadable record: {exc}") from None
-    if not isinstance(params, dict):
-        raise RerunError(f"--from-run={run_id!r}: model/params.json is not a mapping of parameters")
+        params, space = read_trial_record(local, source=f"{run_id}:{MODEL_ARTIFACT}")
+    except ValueError as exc:
+        raise RerunError(f"run {run_id!r}: {exc}") from None
     final: dict[str, float] = {}
     if (local / "metrics.json").is_file():
         final = _numeric(json.loads((local / "metrics.json").read_text()))

@@ -36,7 +36,8 @@ from qshield.attacks import AttackConfig, make_attack
 from qshield.data import DatasetBundle, dataset_spec
 from qshield.models import HybridModel, ModelConfig, load_model
 
-from ..space import SweepSpace, parse_space
+from ..space import SweepSpace
+from ..trial import MODEL_FILE, read_trial_record
 from ..tracking import PARENT, ROLE, SWEEP, TRIAL, SelectionError, load_registered, quote, resolve_tracking_uri
 
 #: what a model URI may look like (error messages)
@@ -195,11 +196,11 @@ class LoadedModel:
 def open_model(ref: ModelRef, tracking_uri: str | None = None) -> LoadedModel:
     """Download and load ``ref`` (safe ``torch.load``) with its recorded ``params.json`` and ``space.json``."""
     _, params, files = load_registered(ref.download_uri or ref.resolved, resolve_tracking_uri(tracking_uri))
-    model, config = load_model(files / "model.pt")
-    space_file = files / "space.json"
-    if not space_file.is_file():
-        raise SelectionError(f"{ref.uri} holds no space.json; it was not logged by a qshield sweep trial")
-    space = parse_space(json.loads(space_file.read_text()), source=str(space_file))
+    model, config = load_model(files / MODEL_FILE)
+    try:
+        params, space = read_trial_record(files, source=ref.uri)
+    except ValueError as exc:
+        raise SelectionError(str(exc)) from None
     return LoadedModel(ref, model.eval(), config, params, space, files)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
+
+from qshield.schema import Eps, validate_value
 
 from ._apgd import APGD_PRESET
 from ._autoattack import AUTOATTACK_PRESET
@@ -78,15 +79,11 @@ def get_preset(name: str) -> AttackPreset:
 
 
 def check_eps(eps: object) -> float | None:
-    """``None`` or a finite number in [0, 1] (the [0, 1] pixel scale); ``ValueError`` otherwise."""
+    """``None`` or a finite number in [0, 1] (the [0, 1] pixel scale) — the one ε rule, :data:`qshield.schema.Eps`
+    (which also reads fractions written as strings, ``"8/255"``); ``ValueError`` naming ``eps`` otherwise."""
     if eps is None:
         return None
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise ValueError(f"eps={eps!r} is invalid; allowed values: a number in [0, 1] (images are in [0, 1])")
-    value = float(eps)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"eps={eps!r} is out of range; allowed values: a number in [0, 1] (images are in [0, 1])")
-    return value
+    return float(validate_value(Eps, eps, "eps"))
 
 
 def check_dataset(dataset: object) -> str | None:

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qshield.attacks import Adaptive, AttackConfig, Norm, QueryCounter, make_attack, resolve_adaptive
-from qshield.attacks._imports import model_device
+from qshield.attacks import model_device
 
 from ._metrics import asr, odr, robust_accuracy
 from ._results import AttackResult

@@ -12,8 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qshield.attacks import ATTACKS, DEFAULT_EPS, Adaptive, AttackConfig, hidden_parts
-from qshield.attacks._imports import model_device
-from qshield.attacks._registry import check_dataset, check_eps
+from qshield.attacks import model_device
+from qshield.attacks import check_dataset, check_eps
 
 from ._core import as_config, check_batch_size, check_data, check_outputs, eval_mode, isolated_rng, predict, run_attack
 from ._masking import MaskingConfig, check_gradient_masking

@@ -70,10 +70,12 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pydantic import BeforeValidator
 from tqdm.auto import tqdm
 
 from qshield.attacks import (
@@ -87,10 +89,10 @@ from qshield.attacks import (
     resolve_adaptive,
     surrogate_of,
 )
-from qshield.attacks._imports import model_device
-from qshield.attacks._registry import check_eps
+from qshield.attacks import check_eps, model_device
+from qshield.schema import Config, Eps, Probability, integer, number, validate_value
 
-from ._core import check_batch_size, check_data, eval_mode, isolated_rng, predict, run_attack
+from ._core import check_data, eval_mode, isolated_rng, predict, run_attack
 from ._metrics import CONFIDENCE, difference_interval, wilson_interval
 from ._results import AsrCurve
 
@@ -122,31 +124,28 @@ FD_JITTER_STEPS = 10.0
 CHECK_NAMES = (MONOTONIC, LARGE_EPS, WHITEBOX, GRADIENTS, FINITE_DIFF, LOGITS, RANDOMNESS, SOURCES)
 
 
-def _fraction(name: str, value: object, *, open_interval: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float))
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (0.0 < v < 1.0) if open_interval else (0.0 <= v <= 1.0)
-    if not ok:
-        rule = "a number in (0, 1)" if open_interval else "a number in [0, 1]"
-        raise ValueError(f"{name}={value!r} is invalid; allowed values: {rule}")
-    return float(value)  # type: ignore[arg-type]
-
-
 def _positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} is invalid; allowed values: an integer >= 1")
     return value
 
 
-def _positive_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} is invalid; allowed values: a number > 0")
-    return float(value)
+def _increasing(value: Any) -> tuple[float, ...]:
+    """The ε schedule: numbers in (0, 1] (ε rule of :data:`qshield.schema.Eps`), strictly increasing."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"eps_schedule={value!r} is invalid; allowed values: numbers in (0, 1], strictly increasing")
+    try:
+        schedule = tuple(float(validate_value(Eps, e, "eps_schedule")) for e in value)
+    except ValueError:
+        schedule = ()
+    if not schedule or any(e <= 0 for e in schedule):
+        raise ValueError(f"eps_schedule={value!r} is invalid; allowed values: numbers in (0, 1]")
+    if any(b <= a for a, b in itertools.pairwise(schedule)):
+        raise ValueError(f"eps_schedule={value!r} must be strictly increasing")
+    return schedule
 
 
-@dataclass(frozen=True)
-class MaskingConfig:
+class MaskingConfig(Config):
     """Settings of :func:`check_gradient_masking` (defaults: 64 images, seconds for a small CNN).
 
     Attributes:
@@ -172,46 +171,22 @@ class MaskingConfig:
         batch_size: images per attack call.
     """
 
-    n_examples: int = 64
-    eps: float | None = None
-    eps_schedule: tuple[float, ...] = (1 / 255, 4 / 255, 16 / 255, 64 / 255, 1.0)
-    steps: int = 20
-    step_ratio: float = 2.5
-    square_queries: int = 300
-    min_asr_at_max_eps: float = 0.99
-    max_zero_grad_fraction: float = 0.05
-    max_gradient_mismatch_fraction: float = 0.05
-    fd_step: float = 1e-4
-    fd_rel_tolerance: float = 0.1
-    confidence: float = CONFIDENCE
-    eot_iter: int | None = None
-    seed: int = 0
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        _positive_int("n_examples", self.n_examples)
-        check_eps(self.eps)
-        schedule = tuple(self.eps_schedule)
-        if not schedule or any(check_eps(e) is None or e <= 0 for e in schedule):
-            raise ValueError(f"eps_schedule={self.eps_schedule!r} is invalid; allowed values: numbers in (0, 1]")
-        if any(b <= a for a, b in itertools.pairwise(schedule)):
-            raise ValueError(f"eps_schedule={self.eps_schedule!r} must be strictly increasing")
-        object.__setattr__(self, "eps_schedule", tuple(float(e) for e in schedule))
-        _positive_int("steps", self.steps)
-        _positive_number("step_ratio", self.step_ratio)
-        _positive_int("square_queries", self.square_queries)
-        for name in ("min_asr_at_max_eps", "max_zero_grad_fraction", "max_gradient_mismatch_fraction"):
-            _fraction(name, getattr(self, name))
-        fd = _positive_number("fd_step", self.fd_step)
-        if fd > 0.01:
-            raise ValueError(f"fd_step={self.fd_step!r} is invalid; allowed values: a number in (0, 0.01]")
-        _positive_number("fd_rel_tolerance", self.fd_rel_tolerance)
-        _fraction("confidence", self.confidence, open_interval=True)
-        if self.eot_iter is not None:
-            _positive_int("eot_iter", self.eot_iter)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r} is invalid; allowed values: an integer >= 0")
-        check_batch_size(self.batch_size)
+    n_examples: integer(1) = 64
+    eps: number(0.0, 1.0, nullable=True) = None
+    eps_schedule: Annotated[tuple[float, ...], BeforeValidator(_increasing)] = (
+        1 / 255, 4 / 255, 16 / 255, 64 / 255, 1.0)
+    steps: integer(1) = 20
+    step_ratio: number(0.0, lo_open=True) = 2.5
+    square_queries: integer(1) = 300
+    min_asr_at_max_eps: Probability = 0.99
+    max_zero_grad_fraction: Probability = 0.05
+    max_gradient_mismatch_fraction: Probability = 0.05
+    fd_step: number(0.0, 0.01, lo_open=True) = 1e-4
+    fd_rel_tolerance: number(0.0, lo_open=True) = 0.1
+    confidence: number(0.0, 1.0, lo_open=True, hi_open=True) = CONFIDENCE
+    eot_iter: integer(1, nullable=True) = None
+    seed: integer(0) = 0
+    batch_size: integer(1) = 128
 
 
 @dataclass(frozen=True)

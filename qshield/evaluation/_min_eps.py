@@ -18,15 +18,15 @@ up to its randomness; the resolution is reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from qshield.attacks import Adaptive, AttackConfig
-from qshield.attacks._registry import check_eps
+from qshield.schema import Config, integer, number
 
 from ._core import check_batch_size, run_attack
 from ._results import MinimalEps
@@ -34,8 +34,7 @@ from ._results import MinimalEps
 __all__ = ["MinEpsConfig", "minimal_eps"]
 
 
-@dataclass(frozen=True)
-class MinEpsConfig:
+class MinEpsConfig(Config):
     """Settings of :func:`minimal_eps`.
 
     Attributes:
@@ -47,24 +46,18 @@ class MinEpsConfig:
         params: further PGD parameters (e.g. ``{"eot_iter": 8}`` for a randomised model).
     """
 
-    eps_max: float = 1.0
-    rounds: int = 8
-    steps: int = 20
-    step_ratio: float = 2.5
-    params: dict[str, Any] = field(default_factory=dict)
+    eps_max: number(0.0, 1.0, lo_open=True) = 1.0
+    rounds: integer(1) = 8
+    steps: integer(1) = 20
+    #: >= 1 so that ``step_ratio * eps / steps * steps`` reaches ε
+    step_ratio: number(1.0) = 2.5
+    params: dict[str, Any] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        eps_max = check_eps(self.eps_max)
-        if eps_max is None or eps_max <= 0:
-            raise ValueError(f"eps_max={self.eps_max!r} is invalid; allowed values: a number in (0, 1]")
-        for name, value in (("rounds", self.rounds), ("steps", self.steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is invalid; allowed values: an integer >= 1")
-        if isinstance(self.step_ratio, bool) or not isinstance(self.step_ratio, (int, float)) or self.step_ratio < 1:
-            raise ValueError(f"step_ratio={self.step_ratio!r} is invalid; allowed values: a number >= 1 (so "
-                             "step_ratio * eps / steps * steps reaches eps)")
+    @model_validator(mode="after")
+    def _attack_accepts(self) -> MinEpsConfig:
         # validated by the attack preset now, so a bad key fails before any compute
         self.attack(self.eps_max)
+        return self
 
     def attack(self, eps: float) -> AttackConfig:
         """The PGD configuration used at ``eps``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._base import Classifier
 from ._build import build_model
 from ._cnn import SmallCNN
-from ._config import Arch, Backbone, FusionMode, ModelConfig, default_n_qubits
+from ._config import Arch, Backbone, BackendName, FusionMode, ModelConfig, default_n_qubits
 from ._dnn import DNN, dnn_hidden_widths
 from ._hybrid import CLASS_MAP_EPS, HybridModel, HybridOutputs, QuantumClassHead
 from ._io import UnsafeCheckpointError, load_model, save_model
@@ -42,6 +42,7 @@ __all__ = [
     "Arch",
     "Backbone",
     "FusionMode",
+    "BackendName",
     "default_n_qubits",
     "build_model",
     "save_model",

@@ -2,41 +2,40 @@
 
 Plain dicts are what MLflow params and Ray Tune configs hold, so :meth:`ModelConfig.to_dict` writes only
 ``str``/``int``/``float``/``bool``/``None``/``list`` values and :meth:`ModelConfig.from_dict` accepts them back
-(also numbers written as strings, as MLflow returns params). Every bad value raises ``ValueError`` naming the
-field, the value and what is allowed, before any model is built.
+(also numbers written as strings, as MLflow returns params). Every field is validated by its rule
+(:mod:`qshield.schema`; the circuit's fields by the types :mod:`qshield.quantum` declares); a bad value raises
+``ValueError`` naming the field, the value and what is allowed, before any model is built. The fields marked
+``searchable`` are the ones a sweep may search (``orchestrator.space`` derives its parameters from them).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
 
-from qshield.quantum import CircuitSpec, Entanglement, Measurement, Noise
-from qshield.quantum.backends import BACKENDS
+from pydantic import BeforeValidator, Field, model_validator
+
+from qshield.quantum import (
+    BACKENDS,
+    MAX_QUBITS,
+    MIN_QUBITS,
+    CircuitSpec,
+    Depth,
+    Entanglement,
+    Measurement,
+    Noise,
+)
+from qshield.schema import Choice, Config, Flag, Probability, choice, integer, parse_number, registry_choice, searchable
+
+from .fusion import FUSIONS
+
+__all__ = ["Arch", "Backbone", "BackendName", "FusionMode", "ModelConfig", "default_n_qubits"]
 
 
-class _Choice(str, enum.Enum):
-    """A string enum whose lookup error names the field and lists the allowed values."""
-
-    @classmethod
-    def parse(cls, value: object, field_name: str) -> Any:
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"{field_name}={value!r} is not supported; allowed values: {allowed}") from None
-
-
-class Arch(_Choice):
+class Arch(Choice):
     """Model family: the paper's MLP baseline, a CNN alone, ResNet-18 alone, the hybrid (CNN + circuit), or the
-    QShield reference code's hybrid reproduced with its flaws (``reference_hybrid``; never the default)."""
+    QShield reference code's hybrid (:class:`~qshield.models.ReferenceHybrid`, its flaws included)."""
 
     DNN = "dnn"
     CNN = "cnn"
@@ -45,19 +44,18 @@ class Arch(_Choice):
     REFERENCE_HYBRID = "reference_hybrid"
 
 
-class Backbone(_Choice):
+class Backbone(Choice):
     """Classical backbone of a hybrid model."""
 
     CNN = "cnn"
     RESNET18 = "resnet18"
 
 
-class FusionMode(_Choice):
-    """How the classical and quantum class distributions are combined (see ``docs/models.md``)."""
-
-    FIXED = "fixed"
-    LEARNED = "learned"
-    GATED = "gated"
+#: How the classical and quantum class distributions are combined: the names of the fusion registry
+#: (``qshield.models.FUSIONS``; ``docs/models.md``).
+FusionMode = registry_choice("FusionMode", list(FUSIONS), "Fusion modes of the hybrid model (qshield.models.FUSIONS).")
+#: Simulator backends of the quantum layer: the names of ``qshield.quantum.BACKENDS``.
+BackendName = registry_choice("BackendName", list(BACKENDS), "Simulator backends (qshield.quantum.BACKENDS).")
 
 
 def default_n_qubits(num_classes: int) -> int:
@@ -65,70 +63,26 @@ def default_n_qubits(num_classes: int) -> int:
     return max(2, math.ceil(math.log2(num_classes)))
 
 
-def _as_int(value: object, field_name: str, minimum: int) -> int:
-    """An integer >= minimum; accepts ints, integral floats and their string forms (MLflow params), not bools."""
-    if isinstance(value, bool):
-        raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}, not a bool")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}") from None
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}")
-        value = int(value)
-    if not isinstance(value, int):
-        raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
-def _as_float(value: object, field_name: str, low: float, high: float) -> float:
-    """A finite float in [low, high]; accepts numbers and numeric strings, not bools."""
-    if isinstance(value, bool):
-        raise ValueError(f"{field_name}={value!r} must be a number in [{low}, {high}], not a bool")
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{field_name}={value!r} must be a number in [{low}, {high}]") from None
-    if math.isnan(number) or not low <= number <= high:
-        raise ValueError(f"{field_name}={value!r} must be a number in [{low}, {high}]")
-    return number
-
-
-def _as_bool(value: object, field_name: str) -> bool:
-    """A bool; accepts the strings 'true'/'false' (any case), as MLflow params come back."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"{field_name}={value!r} must be a bool; allowed values: True, False")
-
-
-def _as_weights(value: object) -> tuple[float, float]:
+def _weights(value: Any) -> tuple[float, float]:
     """Fusion weights ``(w_c, w_q)``: two finite numbers >= 0, not both 0 (list, tuple or its JSON string)."""
+    rule = "must be two finite numbers [w_c, w_q] >= 0, not both 0"
     if isinstance(value, str):
-        try:
-            value = json.loads(value.replace("(", "[").replace(")", "]"))
-        except json.JSONDecodeError:
-            raise ValueError(f"fusion_weights={value!r} must be two numbers [w_c, w_q] >= 0, not both 0") from None
+        value = [v for v in value.strip("[]() ").replace(",", " ").split()]
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"fusion_weights={value!r} must be two numbers [w_c, w_q] >= 0, not both 0")
-    w_c = _as_float(value[0], "fusion_weights[0] (w_c)", 0.0, math.inf)
-    w_q = _as_float(value[1], "fusion_weights[1] (w_q)", 0.0, math.inf)
-    if math.isinf(w_c) or math.isinf(w_q) or w_c + w_q <= 0.0:
-        raise ValueError(f"fusion_weights={value!r} must be two finite numbers [w_c, w_q] >= 0, not both 0")
-    return (w_c, w_q)
+        raise ValueError(f"fusion_weights={value!r} {rule}")
+    numbers = [parse_number(v) for v in value]
+    if any(n is None or not math.isfinite(n) or n < 0 for n in numbers) or sum(numbers) <= 0:  # type: ignore[operator]
+        raise ValueError(f"fusion_weights={list(value)!r} {rule}")
+    return (float(numbers[0]), float(numbers[1]))  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+def _path(value: Any) -> str | None:
+    if value is None or value in ("", "None"):
+        return None
+    return str(value)
+
+
+class ModelConfig(Config):
     """What :func:`~qshield.models.build_model` builds. Strings become enums on entry; all fields validated.
 
     Attributes:
@@ -156,55 +110,38 @@ class ModelConfig:
         small_input: ResNet-18 small-image stem (3x3 stride-1 conv1, no max-pool), for 28/32-px inputs.
     """
 
-    arch: Arch = Arch.HYBRID
-    backbone: Backbone = Backbone.CNN
-    in_channels: int = 1
-    image_size: int = 28
-    num_classes: int = 10
-    n_qubits: int | None = None
-    depth: int = 1
-    entanglement: Entanglement = Entanglement.LINEAR
-    noise: Noise = Noise.NONE
-    noise_strength: float = 0.0
-    readout_error: float = 0.0
-    measurement: Measurement = Measurement.PROBS
-    backend: str = "torch"
-    quantum_trainable: bool = True
-    fusion: FusionMode = FusionMode.GATED
-    fusion_weights: tuple[float, float] = field(default=(0.5, 0.5))
-    pretrained_path: str | None = None
-    small_input: bool = True
+    arch: choice(Arch) = Field(Arch.HYBRID, json_schema_extra=searchable("model architecture; the paper's \"CNN\" baseline is `resnet18`; `reference_hybrid` is the paper's own model with its flaws (`docs/models.md`), for comparison only"))
+    backbone: choice(Backbone) = Field(
+        Backbone.CNN, json_schema_extra=searchable("classical part of the hybrid model")
+    )
+    in_channels: integer(1) = 1
+    image_size: integer(2) = 28
+    num_classes: integer(2) = 10
+    n_qubits: integer(MIN_QUBITS, MAX_QUBITS, nullable=True) = Field(
+        None, json_schema_extra=searchable("qubits of the circuit; null: the paper's max(2, ⌈log2 C⌉) (4 for 10/11 classes); with `measurement: probs` a hybrid needs 2^n ≥ C")
+    )
+    depth: Depth = Field(1, json_schema_extra=searchable("entangling layers of the circuit"))
+    entanglement: choice(Entanglement) = Field(
+        Entanglement.LINEAR, json_schema_extra=searchable("CNOT topology of every layer (`docs/circuits.md`)")
+    )
+    noise: choice(Noise) = Field(Noise.NONE, json_schema_extra=searchable("noise channel after every layer"))
+    noise_strength: Probability = Field(0.0, json_schema_extra=searchable("channel probability p (the reference's released setting: 0.005)"))
+    readout_error: Probability = Field(
+        0.0, json_schema_extra=searchable("symmetric bit-flip probability on the measured qubits")
+    )
+    measurement: choice(Measurement) = Field(Measurement.PROBS, json_schema_extra=searchable("circuit readout: basis-state probabilities (truncated to the classes) or ⟨Z⟩ per qubit with a linear head"))
+    fusion: choice(FusionMode) = Field("gated", json_schema_extra=searchable("how the classical and quantum class scores are combined (`docs/models.md`)"))
+    fusion_weights: Annotated[tuple[float, float], BeforeValidator(_weights)] = (0.5, 0.5)
+    backend: choice(BackendName) = Field("torch", json_schema_extra=searchable("simulator backend of the quantum layer (`docs/circuits.md`)"))
+    quantum_trainable: Flag = True
+    pretrained_path: Annotated[str | None, BeforeValidator(_path)] = None
+    small_input: Flag = True
 
-    def __post_init__(self) -> None:
-        put = object.__setattr__
-        put(self, "arch", Arch.parse(self.arch, "arch"))
-        put(self, "backbone", Backbone.parse(self.backbone, "backbone"))
-        put(self, "in_channels", _as_int(self.in_channels, "in_channels", 1))
-        put(self, "image_size", _as_int(self.image_size, "image_size", 2))
-        put(self, "num_classes", _as_int(self.num_classes, "num_classes", 2))
-        if self.n_qubits is None or (isinstance(self.n_qubits, str) and self.n_qubits.strip().lower() == "none"):
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        put = object.__setattr__  # the validator completes the frozen model
+        if self.n_qubits is None:
             put(self, "n_qubits", default_n_qubits(self.num_classes))
-        else:
-            put(self, "n_qubits", _as_int(self.n_qubits, "n_qubits", 1))
-        put(self, "depth", _as_int(self.depth, "depth", 1))
-        put(self, "entanglement", Entanglement.parse(self.entanglement, "entanglement"))
-        put(self, "noise", Noise.parse(self.noise, "noise"))
-        put(self, "noise_strength", _as_float(self.noise_strength, "noise_strength", 0.0, 1.0))
-        put(self, "readout_error", _as_float(self.readout_error, "readout_error", 0.0, 1.0))
-        put(self, "measurement", Measurement.parse(self.measurement, "measurement"))
-        backend = str(self.backend).lower()
-        if backend not in BACKENDS:
-            allowed = ", ".join(map(repr, BACKENDS))
-            raise ValueError(f"backend={self.backend!r} does not exist; allowed values: {allowed}")
-        put(self, "backend", backend)
-        put(self, "quantum_trainable", _as_bool(self.quantum_trainable, "quantum_trainable"))
-        put(self, "fusion", FusionMode.parse(self.fusion, "fusion"))
-        put(self, "fusion_weights", _as_weights(self.fusion_weights))
-        if self.pretrained_path is not None and not isinstance(self.pretrained_path, str):
-            put(self, "pretrained_path", str(self.pretrained_path))
-        if self.pretrained_path in ("", "None"):
-            put(self, "pretrained_path", None)
-        put(self, "small_input", _as_bool(self.small_input, "small_input"))
         if self.arch is Arch.REFERENCE_HYBRID:
             if self.measurement is not Measurement.PROBS:
                 raise ValueError(
@@ -212,7 +149,7 @@ class ModelConfig:
                     "(the reference truncates the basis-state probabilities to the classes)"
                 )
             put(self, "quantum_trainable", False)
-            put(self, "fusion", FusionMode.GATED)
+            put(self, "fusion", FusionMode("gated"))
             put(self, "fusion_weights", (0.5, 0.5))
         # The circuit itself (qubit range, memory budget) is validated by the quantum core's own rules.
         CircuitSpec.create(
@@ -238,6 +175,7 @@ class ModelConfig:
                 f"backbone={self.backbone.value!r}; allowed: arch='resnet18', or arch='hybrid' / 'reference_hybrid' "
                 "with backbone='resnet18'"
             )
+        return self
 
     @property
     def uses_resnet18(self) -> bool:
@@ -253,30 +191,3 @@ class ModelConfig:
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one input image."""
         return (self.in_channels, self.image_size, self.image_size)
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed (validated again)."""
-        return ModelConfig.from_dict({**self.to_dict(), **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (enums as their string values, weights as a list), accepted by :meth:`from_dict`."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, enum.Enum):
-                value = value.value
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        """Build from a plain dict; unknown keys raise ``ValueError`` listing the allowed keys."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"ModelConfig.from_dict expects a mapping, got {type(data).__name__}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; allowed fields: {', '.join(allowed)}")
-        return cls(**dict(data))

@@ -20,9 +20,10 @@ Rotations follow the usual convention ``RX(t) = exp(-i t X / 2)``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 from dataclasses import dataclass
+
+from qshield.schema import Choice, Config, Flag, Probability, choice, integer
 
 MIN_QUBITS = 2
 MAX_QUBITS = 16
@@ -40,25 +41,11 @@ DEFAULT_TRAJECTORIES = 32
 MAX_TRAJECTORIES = 2**16
 
 
-class _Choice(str, enum.Enum):
-    """A string enum whose lookup error lists the allowed values and names the field."""
-
-    @classmethod
-    def parse(cls, value: object, field: str) -> "_Choice":
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"{field}={value!r} is not supported; allowed values: {allowed}") from None
-
-
-class Encoding(_Choice):
+class Encoding(Choice):
     ANGLE = "angle"
 
 
-class Entanglement(_Choice):
+class Entanglement(Choice):
     NONE = "none"
     LINEAR = "linear"
     RING = "ring"
@@ -67,7 +54,7 @@ class Entanglement(_Choice):
     BRICK = "brick"
 
 
-class Noise(_Choice):
+class Noise(Choice):
     NONE = "none"
     DEPOLARIZING = "depolarizing"
     AMPLITUDE_DAMPING = "amplitude_damping"
@@ -75,17 +62,46 @@ class Noise(_Choice):
     MIXED = "mixed"
 
 
-class Measurement(_Choice):
+class Measurement(Choice):
     PROBS = "probs"
     EXPVAL = "expval"
 
 
-class Simulation(_Choice):
+class Simulation(Choice):
     """How channel noise is simulated (a noiseless circuit is always an exact statevector)."""
 
     AUTO = "auto"
     DENSITY_MATRIX = "density_matrix"
     TRAJECTORIES = "trajectories"
+
+
+#: The rules of the circuit's fields, declared once: :class:`CircuitConfig` and ``qshield.models.ModelConfig`` (and
+#: through it the sweep space) use these types.
+NQubits = integer(MIN_QUBITS, MAX_QUBITS)
+Depth = integer(1)
+EntanglementField = choice(Entanglement)
+NoiseField = choice(Noise)
+MeasurementField = choice(Measurement)
+EncodingField = choice(Encoding)
+SimulationField = choice(Simulation)
+Trajectories = integer(1, MAX_TRAJECTORIES)
+
+
+class CircuitConfig(Config):
+    """The circuit's parameters, each validated by its rule (:mod:`qshield.schema`); what
+    :meth:`CircuitSpec.create` checks before resolving the simulation and the memory budget."""
+
+    n_qubits: NQubits
+    depth: Depth = 1
+    entanglement: EntanglementField = Entanglement.LINEAR
+    noise: NoiseField = Noise.NONE
+    noise_strength: Probability = 0.0
+    readout_error: Probability = 0.0
+    measurement: MeasurementField = Measurement.PROBS
+    trainable: Flag = True
+    encoding: EncodingField = Encoding.ANGLE
+    simulation: SimulationField = Simulation.AUTO
+    n_trajectories: Trajectories = DEFAULT_TRAJECTORIES
 
 
 #: Single-qubit channel kinds used by the noise models (PennyLane's Kraus definitions).
@@ -146,16 +162,6 @@ def kraus_operators(kind: str, p: float) -> list[list[list[complex]]]:
     raise ValueError(f"channel kind={kind!r} is not supported; allowed values: {', '.join(map(repr, CHANNELS))}")
 
 
-def _check_probability(value: object, field: str) -> float:
-    try:
-        p = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}={value!r} must be a number in [0, 1]") from None
-    if not (0.0 <= p <= 1.0) or math.isnan(p):
-        raise ValueError(f"{field}={value!r} must be in [0, 1]")
-    return p
-
-
 @dataclass(frozen=True)
 class CircuitSpec:
     """A validated, immutable description of the circuit (see the module docstring).
@@ -203,25 +209,12 @@ class CircuitSpec:
         ``DEFAULT_TRAJECTORIES``); only used by trajectories. ``max_state_bytes`` (None: no limit) bounds
         :meth:`state_bytes` of the resolved simulation.
         """
-        if isinstance(n_qubits, bool) or not isinstance(n_qubits, int):
-            raise ValueError(f"n_qubits={n_qubits!r} must be an integer in [{MIN_QUBITS}, {MAX_QUBITS}]")
-        if not MIN_QUBITS <= n_qubits <= MAX_QUBITS:
-            raise ValueError(f"n_qubits={n_qubits} is out of range; allowed values: {MIN_QUBITS}..{MAX_QUBITS}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth={depth!r} must be an integer >= 1")
-        spec = cls(
-            n_qubits=n_qubits,
-            depth=depth,
-            entanglement=Entanglement.parse(entanglement, "entanglement"),  # type: ignore[arg-type]
-            noise=Noise.parse(noise, "noise"),  # type: ignore[arg-type]
-            noise_strength=_check_probability(noise_strength, "noise_strength"),
-            readout_error=_check_probability(readout_error, "readout_error"),
-            measurement=Measurement.parse(measurement, "measurement"),  # type: ignore[arg-type]
-            trainable=bool(trainable),
-            encoding=Encoding.parse(encoding, "encoding"),  # type: ignore[arg-type]
-            simulation=Simulation.parse(simulation, "simulation"),  # type: ignore[arg-type]
-            n_trajectories=_check_trajectories(n_trajectories),
+        config = CircuitConfig(
+            n_qubits=n_qubits, depth=depth, entanglement=entanglement, noise=noise, noise_strength=noise_strength,
+            readout_error=readout_error, measurement=measurement, trainable=trainable, encoding=encoding,
+            simulation=simulation, n_trajectories=n_trajectories,
         )
+        spec = cls(**config.model_dump())
         spec = dataclasses.replace(spec, simulation=spec._resolve(max_state_bytes, bytes_per_amplitude))
         if max_state_bytes is not None:
             need = spec.state_bytes(bytes_per_amplitude)
@@ -294,12 +287,6 @@ class CircuitSpec:
         if self.is_stochastic:
             return bytes_per_amplitude * dim * (self.n_trajectories + 1)
         return bytes_per_amplitude * (dim * dim if self.is_noisy else dim)
-
-
-def _check_trajectories(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TRAJECTORIES:
-        raise ValueError(f"n_trajectories={value!r} must be an integer in [1, {MAX_TRAJECTORIES}]")
-    return value
 
 
 def _fmt_bytes(n: float) -> str:

@@ -59,7 +59,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._spec import DEFAULT_MAX_STATE_BYTES, CircuitSpec, Measurement, _Choice
+from qshield.schema import Choice
+
+from .._spec import DEFAULT_MAX_STATE_BYTES, CircuitSpec, Measurement
 from ._base import Backend
 
 try:
@@ -82,14 +84,14 @@ _CHANNELS: dict[str, Callable[..., Any]] = {
 }
 
 
-class PennyLaneDevice(_Choice):
+class PennyLaneDevice(Choice):
     """Which PennyLane simulator runs the circuit (option ``device``)."""
 
     DEFAULT = "default"
     LIGHTNING = "lightning.qubit"
 
 
-class ReadoutMode(_Choice):
+class ReadoutMode(Choice):
     """Where ``spec.readout_error`` is applied (option ``readout``)."""
 
     AUTO = "auto"

@@ -59,7 +59,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .._spec import CircuitSpec, Measurement, _Choice, kraus_operators
+from qshield.schema import Choice
+
+from .._spec import CircuitSpec, Measurement, kraus_operators
 from ._base import Backend
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -71,7 +73,7 @@ MAX_HEISENBERG_ENTRIES = 2**28
 _PAULIS = np.array([[[1, 0], [0, 1]], [[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)
 
 
-class Method(_Choice):
+class Method(Choice):
     """How :class:`TorchBackend` evaluates the circuit (see the module docstring)."""
 
     AUTO = "auto"
