@@ -1,4 +1,4 @@
-"""Tests for qshield.reproduce: a tiny run of the reproduction code path on sklearn digits."""
+"""Tests for experiments.reproduce: a tiny run of the reproduction code path on sklearn digits."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from qshield.evaluation import (
     MaskingDiagnostics,
     difference_interval,
 )
-from qshield.reproduce import (
+from experiments.reproduce import (
     ADAPTIVE_ATTACKS,
     MODEL_NAMES,
     REFERENCE_NAME,
