@@ -1,7 +1,7 @@
-"""``python -m experiments.reproduce``: run the reproduction and write ``docs/reproduction.md``."""
+"""``python -m experiments.reproduce``: run the reproduction and write ``docs/reproduction.md`` (see ``--help``)."""
 
 import sys
 
-from ._run import main
+from ._cli import main
 
 sys.exit(main())
