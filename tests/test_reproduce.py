@@ -378,3 +378,16 @@ def test_document_is_the_recorded_rendering(variant: str) -> None:
     if text != recorded:
         diff = "".join(difflib.unified_diff(recorded.splitlines(True), text.splitlines(True), "recorded", "now"))
         pytest.fail(f"the rendered document differs from tests/data/reproduction_{variant}.md:\n{diff}")
+
+
+def test_a_template_and_its_values_must_match() -> None:
+    """A placeholder without a value, or a value without a placeholder, is refused (never printed as ``${...}``)."""
+    from string import Template
+
+    from experiments.reproduce._render import _fill
+
+    assert _fill(Template("ε = ${eps}, $n images"), eps="32/255", n=3) == "ε = 32/255, 3 images"
+    with pytest.raises(ValueError, match=r"without a value \['n'\], without a placeholder \[\]"):
+        _fill(Template("ε = ${eps}, $n images"), eps="32/255")
+    with pytest.raises(ValueError, match=r"without a value \[\], without a placeholder \['seed'\]"):
+        _fill(Template("ε = ${eps}"), eps="32/255", seed=0)

