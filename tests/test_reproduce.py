@@ -143,10 +143,10 @@ def test_comparison_carries_the_papers_numbers(rep) -> None:
 
 
 def test_written_document_plot_and_csv(rep, tmp_path: Path) -> None:
-    paths = write_reproduction(rep, tmp_path / "repro.md", command="python -m qshield.reproduce --tiny",
+    paths = write_reproduction(rep, tmp_path / "repro.md", command="python -m experiments.reproduce --tiny",
                                plot=tmp_path / "repro.png", csv=tmp_path / "repro.csv")
     doc = paths["doc"].read_text()
-    assert "python -m qshield.reproduce --tiny" in doc
+    assert "python -m experiments.reproduce --tiny" in doc
     assert "![PGD ASR vs ε per model](repro.png)" in doc and "(repro.csv)" in doc
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     csv = pd.read_csv(paths["csv"])
@@ -360,17 +360,18 @@ def _synthetic_reproduction(variant: str) -> tuple[Reproduction, dict[str, str |
         names = {"plot_name": "reproduction_asr_vs_eps.png", "csv_name": "reproduction_results.csv"}
     else:
         names = {"plot_name": None, "csv_name": None}
-    return rep, {"command": "python -m qshield.reproduce --no-progress", **names}
+    return rep, {"command": "python -m experiments.reproduce --no-progress", **names}
 
 
 @pytest.mark.parametrize("variant", ["full", "small"])
 def test_document_is_the_recorded_rendering(variant: str) -> None:
     """The whole Markdown of a fixed :class:`Reproduction`, byte for byte, against a recorded rendering.
 
-    ``tests/data/reproduction_{full,small}.md`` were rendered by ``qshield/reproduce.py`` as of d3706c0 (before its
-    text moved into a template): any change to the document shows up here as a diff. After a deliberate change of
-    the document (or of the library's tables it embeds), re-record them with this function's renderer and review
-    the diff.
+    ``tests/data/reproduction_{full,small}.md`` were rendered by ``qshield/reproduce.py`` as of d3706c0 (before it
+    moved to ``experiments/reproduce/`` and its text into templates); since then only the generated-by comment and
+    the command passed in changed, to name ``python -m experiments.reproduce``. Any other change to the document
+    shows up here as a diff. After a deliberate change of the document (or of the library's tables it embeds),
+    re-record them with this renderer and review the diff.
     """
     rep, kwargs = _synthetic_reproduction(variant)
     text = render_reproduction(rep, **kwargs)

@@ -1,5 +1,7 @@
 """Reproduce the QShield paper's MNIST experiment on the offline ``mnist5k`` data and write ``docs/reproduction.md``.
 
+An experiment built on the library, outside it (it was ``qshield.reproduce``): see :mod:`experiments`.
+
 The protocol (QShield, arXiv 2604.10933, "Experiments"), with the reference's settings:
 
 * models: ``DNN`` (the paper's MLP), ``CNN`` (the classical backbone alone) and four hybrids ``None``,
@@ -20,8 +22,8 @@ The protocol (QShield, arXiv 2604.10933, "Experiments"), with the reference's se
 Sizes are cut so the whole run fits a ~10-minute budget on a 2-core CPU (:class:`ReproductionConfig`: 300
 attacked test images, fewer for the costly attacks, and a small CNN instead of ResNet-18); the document says so.
 
-    python -m qshield.reproduce                       # regenerate docs/reproduction.md (+ PNG, CSV)
-    python -m qshield.reproduce --help
+    python -m experiments.reproduce                   # regenerate docs/reproduction.md (+ PNG, CSV)
+    python -m experiments.reproduce --help
 
 Modules: ``_paper`` (the paper's published numbers, :data:`PAPER_MNIST_ODR`, :data:`PAPER_MNIST_ASR`,
 :data:`PAPER_MNIST_TTC`, :data:`PAPER_MNIST_ATTACK_SECONDS`, clearly labelled: the paper's values, copied from its

@@ -53,9 +53,9 @@ def _int_min(minimum: int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Flags of ``python -m qshield.reproduce``."""
+    """Flags of ``python -m experiments.reproduce``."""
     d = ReproductionConfig()
-    p = argparse.ArgumentParser(prog="python -m qshield.reproduce", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("docs/reproduction.md"), help="document to write")
     p.add_argument("--plot", type=Path, default=None, help="ASR-vs-ε PNG (default: <out stem>_asr_vs_eps.png)")
     p.add_argument("--csv", type=Path, default=None, help="results CSV (default: <out stem>_results.csv)")
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot = args.plot or stem.with_name(stem.name + "_asr_vs_eps.png")
     csv = args.csv or stem.with_name(stem.name + "_results.csv")
     rep = run_reproduction(config, progress=not args.no_progress)
-    command = "python -m qshield.reproduce" + (" " + shlex.join(argv) if argv else "")
+    command = "python -m experiments.reproduce" + (" " + shlex.join(argv) if argv else "")
     paths = write_reproduction(rep, args.out, command=command, plot=plot, csv=csv)
     sys.stdout.write("".join(f"wrote {p}\n" for p in paths.values()) + f"run took {rep.seconds / 60:.1f} min\n")
     return 0
