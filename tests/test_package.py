@@ -9,6 +9,7 @@ Ray and MLflow again would take minutes and the network; what is under test is q
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -64,6 +65,37 @@ def test_the_wheel_carries_the_spaces_and_the_model_code_and_nothing_else(wheel:
                 if line.startswith("Requires-Dist:")]
     for dependency in ("torch", "mlflow", "ray", "optuna", "medmnist", "pydantic", "pillow", "sqlalchemy"):
         assert any(line.lower().startswith(f"requires-dist: {dependency}") for line in requires), dependency
+
+
+def _imports(path: Path) -> set[str]:
+    """What a Python file imports, absolutely: ``import a.b`` gives ``a.b``; ``from a.b import c`` gives ``a.b`` and
+    ``a.b.c`` (relative imports, inside one package, are left out)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return out
+
+
+def _private(name: str) -> bool:
+    return any(part.startswith("_") and not part.endswith("__") for part in name.split(".")[1:])
+
+
+def test_the_library_never_imports_an_experiment_and_experiments_use_its_public_api() -> None:
+    """The wheel's packages (library and application) stand without ``experiments/``, which is not shipped; an
+    experiment uses the library like any user, through its public modules and names."""
+    shipped = [p for folder in ("qshield", "orchestrator") for p in (ROOT / folder).rglob("*.py")]
+    assert [f"{p.relative_to(ROOT)}: {m}" for p in shipped for m in sorted(_imports(p))
+            if m.split(".")[0] == "experiments"] == []
+    experiments = sorted((ROOT / "experiments").rglob("*.py"))
+    used = {m for p in experiments for m in _imports(p) if m.split(".")[0] == "qshield"}
+    assert {"qshield.evaluation", "qshield.models", "qshield.training"} <= used  # the scan sees the real imports
+    assert [f"{p.relative_to(ROOT)}: {m}" for p in experiments for m in sorted(_imports(p))
+            if m.split(".")[0] == "qshield" and _private(m)] == []
+    assert _private("qshield.evaluation._masking") and _private("qshield.data._cifar10.X")
+    assert not _private("qshield.evaluation.CHECK_NAMES") and not _private("qshield.__version__")
 
 
 def test_the_installed_wheel_is_imported_not_the_checkout(installed: dict[str, Path]) -> None:

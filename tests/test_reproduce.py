@@ -1,7 +1,8 @@
-"""Tests for qshield.reproduce: a tiny run of the reproduction code path on sklearn digits."""
+"""Tests for experiments.reproduce: a tiny run of the reproduction code path on sklearn digits."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import numpy as np
@@ -9,20 +10,33 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from qshield.attacks import DEFAULT_EPS
+from qshield.attacks import ATTACKS, DEFAULT_EPS, AttackConfig, HiddenParts
 from qshield.data import load_dataset
-from qshield.evaluation import CHECK_NAMES, TABLE_COLUMNS, MaskingConfig, difference_interval
-from qshield.reproduce import (
+from qshield.evaluation import (
+    CHECK_NAMES,
+    TABLE_COLUMNS,
+    AttackResult,
+    CheckResult,
+    EvaluationReport,
+    MaskingConfig,
+    MaskingDiagnostics,
+    difference_interval,
+)
+from experiments.reproduce import (
     ADAPTIVE_ATTACKS,
     MODEL_NAMES,
     REFERENCE_NAME,
     PAPER_MNIST_ASR,
     PAPER_MNIST_ODR,
+    Reproduction,
     ReproductionConfig,
+    TrainedModel,
     asr_comparison,
     main,
     model_config,
+    render_reproduction,
     run_reproduction,
     write_reproduction,
 )
@@ -129,10 +143,10 @@ def test_comparison_carries_the_papers_numbers(rep) -> None:
 
 
 def test_written_document_plot_and_csv(rep, tmp_path: Path) -> None:
-    paths = write_reproduction(rep, tmp_path / "repro.md", command="python -m qshield.reproduce --tiny",
+    paths = write_reproduction(rep, tmp_path / "repro.md", command="python -m experiments.reproduce --tiny",
                                plot=tmp_path / "repro.png", csv=tmp_path / "repro.csv")
     doc = paths["doc"].read_text()
-    assert "python -m qshield.reproduce --tiny" in doc
+    assert "python -m experiments.reproduce --tiny" in doc
     assert "![PGD ASR vs ε per model](repro.png)" in doc and "(repro.csv)" in doc
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     csv = pd.read_csv(paths["csv"])
@@ -234,3 +248,147 @@ def test_command_line_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> N
             main(argv)
         assert exc.value.code == 2
         assert text in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- the document, pinned
+#: Recorded renderings of :func:`_synthetic_reproduction` (see :func:`test_document_is_the_recorded_rendering`).
+RECORDED = Path(__file__).parent / "data"
+
+#: ASR (%) of each model and attack in the synthetic run (Ref-Full: its naive rows).
+_SYNTHETIC_ASR = {
+    "DNN": (70, 55, 85, 40, 80, 60, 2, 70),
+    "CNN": (50, 50, 60, 38, 40, 75, 3, 30),
+    "None": (45, 48, 62, 30, 20, 70, 1, 12),
+    "Linear": (40, 38, 70, 25, 18, 68, 1, 8),
+    "Star": (35, 30, 71, 22, 10, 72, 0, 9),
+    "Full": (30, 28, 72, 18, 12, 74, 1, 6),
+    REFERENCE_NAME: (20, 30, 58, 20, 42, 70, 1, 10),
+}
+#: ASR (%) of the reference hybrid's adaptive rows: fgsm and square survive the adaptive attacker, pgd only the naive
+#: one sees a reduction, apgd only the adaptive one, cw neither (every verdict of the claims section).
+_SYNTHETIC_ADAPTIVE_ASR = {"fgsm": 30, "pgd": 45, "apgd": 40, "cw": 41, "square": 12}
+
+
+def _synthetic_reproduction(variant: str) -> tuple[Reproduction, dict[str, str | None]]:
+    """A :class:`Reproduction` made of fixed numbers (no training, no attack) and the arguments to render it.
+
+    ``full``: the default protocol (six models, eight attacks, the reference hybrid naive and adaptive) with a model
+    whose diagnostics did not run, one failing a check, the reference hybrid's naive rows flagged and one adaptive
+    row without EOT. ``small``: two models, two attacks, 2 epochs, no reference hybrid, everything passing, no plot or
+    CSV.
+    """
+    if variant == "full":
+        config = ReproductionConfig()
+    else:
+        config = ReproductionConfig(
+            dataset="digits", models=("CNN", "Linear"), attacks=("fgsm", "square"), epochs=2, n_examples=40,
+            examples_by_attack={"square": 12}, masking=MaskingConfig(n_examples=8, steps=3, square_queries=20),
+            reference=False,
+        )
+    eps = config.resolved_eps
+    hidden = HiddenParts(randomized=True, non_differentiable=True, description="a random projection per call")
+    order = ("fgsm", "pgd", "apgd", "vmifgsm", "cw", "deepfool", "onepixel", "square")
+
+    def result(i: int, attack: str, n_total: int, pct: float, adaptive: str = "none", eot: int = 1):
+        n_attacked = n_total - 1 - (i + order.index(attack)) % 4
+        n_fooled = round(pct * n_attacked / 100)
+        params = {"eot_iter": eot} if eot > 1 else {}
+        return AttackResult(
+            attack=attack, eps=eps if ATTACKS[attack].uses_eps else None, odr=n_attacked / n_total,
+            asr=n_fooled / n_attacked, robust_accuracy=(n_attacked - n_fooled) / n_total, n_total=n_total,
+            n_attacked=n_attacked, seconds_per_example=0.0125 * (i + 1) * (order.index(attack) + 1),
+            forward_per_example=10.0 * (i + 1), backward_per_example=5.0 * order.index(attack), n_fooled=n_fooled,
+            config=AttackConfig(attack, params=params), reaches_eps=attack not in ("pgd", "vmifgsm"), adaptive=adaptive,
+        )
+
+    def diagnostics(i: int, failed: tuple[str, ...] = (), mode: str = "none", masking: MaskingConfig | None = None,
+                    hides: HiddenParts = HiddenParts()):
+        masking = masking or config.masking
+        checks = tuple(CheckResult(name, name not in failed, f"detail {k} of check {name} (model {i})")
+                       for k, name in enumerate(CHECK_NAMES))
+        schedule = masking.eps_schedule
+        return MaskingDiagnostics(
+            checks=checks, n_examples=masking.n_examples, eps=eps, eps_schedule=schedule,
+            pgd_asr=tuple(min(1.0, (k + 1) / len(schedule) - 0.01 * i) for k in range(len(schedule))),
+            pgd_asr_at_eps=0.5 + 0.01 * i, square_asr_at_eps=0.3 + 0.01 * i, zero_grad_fraction=0.001 * i,
+            grad_finite=True, randomized=hides.randomized, config=masking, adaptive=mode,
+            eot_iter=8 if "eot" in mode else 1, hidden=hides,
+        )
+
+    names = [*config.models, *([REFERENCE_NAME] if config.reference else [])]
+    trained, reports = [], []
+    for i, name in enumerate(names):
+        results = tuple(result(i, a, config.examples_for(a), _SYNTHETIC_ASR[name][order.index(a)])
+                        for a in config.attacks)
+        failed = {"Star": ("whitebox_beats_blackbox",),
+                  REFERENCE_NAME: ("gradients_match_finite_differences", "deterministic_or_eot")}.get(name, ())
+        hides = hidden if name == REFERENCE_NAME else HiddenParts()
+        reports.append(EvaluationReport(
+            model=name, dataset=config.dataset, odr=results[0].odr, n_total=results[0].n_total, results=results,
+            diagnostics=None if name == "DNN" else diagnostics(i, failed, hides=hides), num_classes=10, hidden=hides,
+        ))
+        trained.append(TrainedModel(
+            name=name, config=model_config(name, config.dataset), model=nn.Linear(8 * (i + 1), 10), history=(),
+            train_seconds=12.25 * (i + 1), test_accuracy=(900 + 13 * i) / 1000, n_test=1000,
+            eval_seconds=30.5 * (i + 1),
+        ))
+    adaptive_reports = []
+    if config.reference:
+        i = len(names) - 1
+        rows = []
+        for a in config.adaptive_attacks:
+            if a == "square":  # a black-box row without EOT on a randomised model: flagged
+                rows.append(result(i, a, config.adaptive_examples_for(a), _SYNTHETIC_ADAPTIVE_ASR[a]))
+            else:
+                rows.append(result(i, a, config.adaptive_examples_for(a), _SYNTHETIC_ADAPTIVE_ASR[a],
+                                   adaptive="bpda+eot(8)", eot=8))
+        adaptive_reports.append(EvaluationReport(
+            model=f"{REFERENCE_NAME} (adaptive)", dataset=config.dataset, odr=rows[0].odr, n_total=rows[0].n_total,
+            results=tuple(rows),
+            diagnostics=diagnostics(i, mode="bpda+eot(8)", masking=config.adaptive_masking, hides=hidden),
+            num_classes=10, hidden=hidden,
+        ))
+    environment = {
+        "machine": "x86_64, Synthetic CPU @ 2.0GHz, 2 cores", "device": "cpu", "torch_threads": "1",
+        "python": "3.12.0", "torch": "2.13.0+cpu", "torchattacks": "3.5.1", "date": "2026-01-02 03:04 UTC",
+        "load_average": "1.5",
+    }
+    rep = Reproduction(config, tuple(trained), tuple(reports), n_train=4000 if variant == "full" else 400,
+                       test_indices={}, seconds=754.0, environment=environment,
+                       adaptive_reports=tuple(adaptive_reports), adaptive_seconds=321.0 if config.reference else 0.0)
+    if variant == "full":
+        names = {"plot_name": "reproduction_asr_vs_eps.png", "csv_name": "reproduction_results.csv"}
+    else:
+        names = {"plot_name": None, "csv_name": None}
+    return rep, {"command": "python -m experiments.reproduce --no-progress", **names}
+
+
+@pytest.mark.parametrize("variant", ["full", "small"])
+def test_document_is_the_recorded_rendering(variant: str) -> None:
+    """The whole Markdown of a fixed :class:`Reproduction`, byte for byte, against a recorded rendering.
+
+    ``tests/data/reproduction_{full,small}.md`` were rendered by ``qshield/reproduce.py`` as of d3706c0 (before it
+    moved to ``experiments/reproduce/`` and its text into templates); since then only the generated-by comment and
+    the command passed in changed, to name ``python -m experiments.reproduce``. Any other change to the document
+    shows up here as a diff. After a deliberate change of the document (or of the library's tables it embeds),
+    re-record them with this renderer and review the diff.
+    """
+    rep, kwargs = _synthetic_reproduction(variant)
+    text = render_reproduction(rep, **kwargs)
+    recorded = (RECORDED / f"reproduction_{variant}.md").read_text(encoding="utf-8")
+    if text != recorded:
+        diff = "".join(difflib.unified_diff(recorded.splitlines(True), text.splitlines(True), "recorded", "now"))
+        pytest.fail(f"the rendered document differs from tests/data/reproduction_{variant}.md:\n{diff}")
+
+
+def test_a_template_and_its_values_must_match() -> None:
+    """A placeholder without a value, or a value without a placeholder, is refused (never printed as ``${...}``)."""
+    from string import Template
+
+    from experiments.reproduce._render import _fill
+
+    assert _fill(Template("ε = ${eps}, $n images"), eps="32/255", n=3) == "ε = 32/255, 3 images"
+    with pytest.raises(ValueError, match=r"without a value \['n'\], without a placeholder \[\]"):
+        _fill(Template("ε = ${eps}, $n images"), eps="32/255")
+    with pytest.raises(ValueError, match=r"without a value \[\], without a placeholder \['seed'\]"):
+        _fill(Template("ε = ${eps}"), eps="32/255", seed=0)
