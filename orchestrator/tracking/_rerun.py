@@ -199,7 +199,7 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
     try:
         params, space = read_trial_record(local, source=f"{run_id}:{MODEL_ARTIFACT}")
     except ValueError as exc:
-        raise RerunError(f"run {run_id!r}: {exc}") from None
+        raise RerunError(f"--from-run={run_id!r}: {exc}") from None
     final: dict[str, float] = {}
     if (local / "metrics.json").is_file():
         final = _numeric(json.loads((local / "metrics.json").read_text()))
