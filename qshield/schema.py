@@ -140,15 +140,23 @@ def _field(info: ValidationInfo | None, default: str = "value") -> str:
     return info.field_name if info is not None and info.field_name else default
 
 
+def _is_null(value: Any, nullable: bool, name: str, allowed: str) -> bool:
+    """Whether ``value`` is None (or ``"none"``/``"null"`` for a nullable field); None where it is not allowed
+    raises."""
+    if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if nullable:
+            return True
+        raise ValueError(f"{name}=None is invalid; allowed values: {allowed}")
+    return False
+
+
 def _int_rule(lo: float | None, hi: float | None, nullable: bool) -> Any:
     allowed = _range_text("int", lo, hi, False, False)
 
     def check(value: Any, info: ValidationInfo) -> Any:
         name = _field(info)
-        if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            if nullable:
-                return None
-            raise ValueError(f"{name}=None is invalid; allowed values: {allowed}")
+        if _is_null(value, nullable, name, allowed):
+            return None
         number: Any = value
         if isinstance(value, bool):
             raise ValueError(f"{name}={value!r} is invalid (a bool); allowed values: {allowed}")
@@ -171,10 +179,8 @@ def _float_rule(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool
 
     def check(value: Any, info: ValidationInfo) -> Any:
         name = _field(info)
-        if value is None or (nullable and isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            if nullable:
-                return None
-            raise ValueError(f"{name}=None is invalid; allowed values: {allowed}")
+        if _is_null(value, nullable, name, allowed):
+            return None
         number = parse_number(value)
         if number is None or not math.isfinite(number):
             raise ValueError(f"{name}={value!r} is invalid; allowed values: {allowed}")
