@@ -33,6 +33,7 @@ __all__ = [
     "Choice",
     "Config",
     "Eps",
+    "EpsOrNone",
     "FieldRule",
     "Flag",
     "Probability",
@@ -224,8 +225,11 @@ def number(
 
 #: A probability in [0, 1].
 Probability = number(0.0, 1.0)
-#: An L∞ budget on images in [0, 1]: a number in [0, 1]; fractions such as ``"8/255"`` are accepted.
+#: An L∞ budget on images in [0, 1]: a number in [0, 1]; fractions such as ``"8/255"`` are accepted. The one ε
+#: rule: attacks, training, diagnostics and the sweep space all use it (or :data:`EpsOrNone`).
 Eps = number(0.0, 1.0)
+#: :data:`Eps`, or None (e.g. "the dataset's default").
+EpsOrNone = number(0.0, 1.0, nullable=True)
 
 
 def _flag(value: Any, info: ValidationInfo) -> bool:

@@ -568,8 +568,15 @@ def test_too_few_qubits_for_the_classes_with_probs_is_refused_before_ray():
     base["parameters"]["n_qubits"] = {"int": [2, 5]}
     base["parameters"]["measurement"] = "probs"
     base["search"]["points_to_evaluate"] = []
-    with pytest.raises(SpaceError, match=r"parameters\.n_qubits.*10 classes.*n_qubits >= 4"):
+    with pytest.raises(SpaceError, match=r"parameters\.n_qubits.*num_classes=10.*n_qubits >= 4"):
         parse_space(base)
+    from qshield.models import ModelConfig
+
+    with pytest.raises(ValueError) as lib:  # the message is the model's own rule, stated once
+        ModelConfig(arch="hybrid", num_classes=10, n_qubits=2, measurement="probs")
+    with pytest.raises(SpaceError) as info:
+        parse_space(base)
+    assert str(lib.value) in str(info.value)
     base["parameters"]["measurement"] = "expval"  # <Z_q> + a linear head: any n works
     parse_space(base)
 

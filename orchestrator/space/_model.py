@@ -8,7 +8,6 @@ range. Errors carry the key path so :func:`orchestrator.space.load_space` can re
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -601,18 +600,15 @@ class SweepSpace(_Strict):
             )
         except ValueError as exc:
             fail(str(exc), n_max, ("parameters", "n_qubits"))
-        # probs outputs 2**n basis states mapped onto the classes: too few qubits cannot name every class
-        measurements = domain_values(self.parameters.measurement) or ()
-        if Measurement.PROBS in [Measurement.parse(m, "measurement") for m in measurements]:
-            classes = self._num_classes()
-            need = default_n_qubits(classes)
-            if n_min < need:
-                fail(
-                    f"with measurement 'probs' a hybrid needs 2**n_qubits >= the {classes} classes of "
-                    f"{self.dataset.value!r}; allowed: n_qubits >= {need} (or measurement 'expval')",
-                    n_min,
-                    ("parameters", "n_qubits"),
-                )
+        # the model's own rule on the smallest qubit count a hybrid can draw (probs: 2**n basis states >= classes)
+        measurements = [Measurement.parse(m, "measurement") for m in domain_values(self.parameters.measurement) or ()]
+        if Measurement.PROBS in measurements:
+            from qshield.models import ModelConfig
+
+            try:
+                ModelConfig(arch="hybrid", num_classes=self._num_classes(), n_qubits=n_min, measurement="probs")
+            except ValueError as exc:
+                fail(f"{exc} (dataset {self.dataset.value!r})", n_min, ("parameters", "n_qubits"))
 
     def _num_classes(self) -> int:
         from qshield.data import dataset_spec

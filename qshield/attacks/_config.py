@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from qshield.schema import Config, EpsOrNone
 
 from ._preset import AttackPreset
-from ._registry import check_dataset, check_eps, get_preset, resolve_eps
+from ._registry import check_dataset, get_preset, resolve_eps
 
 __all__ = ["MADRY_STEP_RATIO", "AttackConfig"]
 
@@ -16,8 +19,19 @@ __all__ = ["MADRY_STEP_RATIO", "AttackConfig"]
 MADRY_STEP_RATIO = 2.5
 
 
-@dataclass(frozen=True)
-class AttackConfig:
+def _attack_name(value: Any) -> str:
+    return get_preset(value).name  # ValueError listing the registered names
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"params={value!r} is invalid; allowed values: a mapping of parameter names")
+    return dict(value)
+
+
+class AttackConfig(Config):
     """A named attack, its ε and its overrides of the preset's defaults.
 
     Attributes:
@@ -31,17 +45,18 @@ class AttackConfig:
     unknown / invalid parameter (listing the accepted keys and values); nothing is computed before that.
     """
 
-    name: str
-    eps: float | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
+    name: Annotated[str, BeforeValidator(_attack_name)]
+    eps: EpsOrNone = None
+    params: Annotated[dict[str, Any], BeforeValidator(_mapping)] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        preset = get_preset(self.name)
-        if not isinstance(self.params, Mapping):
-            raise ValueError(f"params={self.params!r} is invalid; allowed values: a mapping of parameter names")
-        object.__setattr__(self, "name", preset.name)
-        object.__setattr__(self, "eps", check_eps(self.eps))
-        object.__setattr__(self, "params", preset.validate_params(dict(self.params)))
+    def __init__(self, name: Any = None, eps: Any = None, params: Any = None, **data: Any) -> None:
+        # positional (name, eps, params) as well as keywords, as the attacks are usually written
+        super().__init__(name=name, eps=eps, params=params, **data)
+
+    @model_validator(mode="after")
+    def _preset_params(self) -> AttackConfig:
+        object.__setattr__(self, "params", self.preset.validate_params(dict(self.params)))
+        return self
 
     def __hash__(self) -> int:
         return hash((self.name, self.eps, tuple(sorted(self.params.items()))))

@@ -90,7 +90,7 @@ from qshield.attacks import (
     surrogate_of,
 )
 from qshield.attacks import check_eps, model_device
-from qshield.schema import Config, Eps, Probability, integer, number, validate_value
+from qshield.schema import Config, Eps, EpsOrNone, Probability, integer, number, validate_value
 
 from ._core import check_data, eval_mode, isolated_rng, predict, run_attack
 from ._metrics import CONFIDENCE, difference_interval, wilson_interval
@@ -172,7 +172,7 @@ class MaskingConfig(Config):
     """
 
     n_examples: integer(1) = 64
-    eps: number(0.0, 1.0, nullable=True) = None
+    eps: EpsOrNone = None
     eps_schedule: Annotated[tuple[float, ...], BeforeValidator(_increasing)] = (
         1 / 255, 4 / 255, 16 / 255, 64 / 255, 1.0)
     steps: integer(1) = 20

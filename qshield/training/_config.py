@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from qshield.quantum import Entanglement
-from qshield.schema import Choice, Config, Eps, Flag, Probability, choice, integer, number, searchable
+from qshield.schema import Choice, Config, Eps, EpsOrNone, Flag, Probability, choice, integer, number, searchable
 
 __all__ = ["TrainConfig", "TrainMethod"]
 
@@ -59,7 +59,7 @@ class TrainConfig(Config):
     shuffle: Flag = True
     limit_batches: integer(1, nullable=True) = None
     num_workers: integer(0) = 0
-    pgd_eps: number(0.0, 1.0, nullable=True) = None
+    pgd_eps: EpsOrNone = None
     pgd_alpha: Eps = 2 / 255
     pgd_random_start: Flag = True
     patches_mix_ratio: Probability = 0.5
