@@ -8,6 +8,7 @@ run's ``quantum_gain.json`` for the comparison model.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_select_logs_the_champions_card_with_the_recorded_numbers(card_registry:
     for check in masking["checks"]:
         text = _cell(page, "data-check", check["name"])
         assert ("passed" if check["passed"] else "FAILED") in text
-        assert check["detail"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in page
+        assert html.escape(check["detail"], quote=True) in page
     # the configuration: every searched and fixed parameter of the trial
     for key, value in run.data.params.items():
         assert f"<th>{key}</th>" in page, key
