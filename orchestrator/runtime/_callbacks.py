@@ -47,11 +47,12 @@ class MLflowTrialCallback(tune.Callback):
         if trial.trial_id not in self._runs:
             config = trial.config or {}
             label = " ".join(f"{k}={_short(config[k])}" for k in self.searched if k in config)
-            run_id = self.tracker.trial_run_id(trial.trial_id, params=config, run_name=f"trial {trial.trial_id}"
-                                               + (f": {label}" if label else ""))
+            run_id, created = self.tracker.open_trial_run(trial.trial_id, params=config,
+                                                          run_name=f"trial {trial.trial_id}" + (f": {label}" if label else ""))
             self._runs[trial.trial_id] = run_id
-            # a resumed trial may re-report epochs already logged before the restart: log each epoch once
-            self._last_step[trial.trial_id] = self.tracker.last_step(run_id, "epoch")
+            # a resumed trial may re-report epochs already logged before the restart: log each epoch once (a run
+            # created just now has none)
+            self._last_step[trial.trial_id] = -1 if created else self.tracker.last_step(run_id, "epoch")
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -86,7 +87,8 @@ class MLflowTrialCallback(tune.Callback):
                 "qshield.flag": str(result.get("flag", ""))}
         if result.get("strongest_attack"):
             tags["qshield.strongest_attack"] = str(result["strongest_attack"])
-        self.tracker.set_tags(run_id, tags)
+        if result.get("device"):
+            tags["qshield.device"] = str(result["device"])
         if result.get("attack_table"):
             self.tracker.log_table(run_id, result["attack_table"], "attacks.json")
         if result.get("diagnostics"):
@@ -99,10 +101,10 @@ class MLflowTrialCallback(tune.Callback):
             with tempfile.TemporaryDirectory() as tmp:
                 model_dir = Path(checkpoint.to_directory(tmp)) / "model"
                 if model_dir.is_dir():
-                    model_id = self.tracker.log_model(run_id, model_dir)
-                    self.tracker.set_tags(run_id, {"qshield.model_id": model_id})
-        # last: selection reads only trials marked final, so a crash above never leaves a half-logged "final" run
-        self.tracker.set_tags(run_id, {"qshield.final": "true"})
+                    tags["qshield.model_id"] = self.tracker.log_model(run_id, model_dir)
+        # last, in one batch with the other tags: selection reads only trials marked final, so a crash above never
+        # leaves a half-logged "final" run
+        self.tracker.set_tags(run_id, {**tags, "qshield.final": "true"})
         self.tracker.finish(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
