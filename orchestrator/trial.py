@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from qshield.attacks import AttackConfig
+from qshield.attacks import AttackConfig, model_device
 from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset, stratified_split
 from qshield.evaluation import EvaluationReport, MaskingConfig, MinEpsConfig, evaluate, wilson_interval
 from qshield.models import ModelConfig, build_model, load_model, save_model
@@ -144,6 +144,7 @@ def run_trial(
     resume_from: Path | None = None,
     bundle: DatasetBundle | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train and attack one model; returns the final metrics (also passed to ``report``).
 
@@ -155,6 +156,11 @@ def run_trial(
 
     ``resume_from`` is a checkpoint directory written by an earlier report of the same trial: training restarts
     from the epoch it recorded (the model's weights restored; the optimiser starts afresh).
+
+    ``bundle``: the space's dataset when the caller holds it already (a sweep reads it once and shares it between
+    trials; it is only read, never changed); else it is loaded here. ``device``: where the model (its quantum
+    circuit included), every training and evaluation batch and the attacks run, e.g. ``"cuda:0"``; checkpoints
+    are written from CPU copies, so they load anywhere.
 
     Bad parameters (``ValueError`` naming the field) and an unreadable or unsafe ``resume_from`` checkpoint
     (:class:`~qshield.models.UnsafeCheckpointError` / ``ValueError`` naming the file) are refused before any
@@ -170,6 +176,8 @@ def run_trial(
     fit_set, val_set = split_validation(bundle.train, space.seed)
     if model is None:
         model = build_model(plan.model, seed=space.seed)
+    device = torch.device(device)
+    model.to(device)
 
     def on_epoch(epoch: int, metrics: Mapping[str, Any]) -> None:
         absolute = done_epochs + epoch
@@ -191,9 +199,9 @@ def run_trial(
 
             # a different shuffling stream for the remaining epochs than for the first ones
             train_cfg = replace(train_cfg, epochs=remaining, seed=train_cfg.seed + done_epochs)
-        train(model, fit_set, train_cfg, val_dataset=val_set, callback=on_epoch, progress=progress)
+        train(model, fit_set, train_cfg, val_dataset=val_set, callback=on_epoch, progress=progress, device=device)
 
-    final = evaluate_trained(model, space, bundle=bundle, attacks=plan.attacks, progress=progress)
+    final = evaluate_trained(model, space, bundle=bundle, attacks=plan.attacks, progress=progress, device=device)
     final["epoch"] = plan.train.epochs
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp)
@@ -233,14 +241,18 @@ def evaluate_trained(
     bundle: DatasetBundle | None = None,
     attacks: tuple[AttackConfig, ...] | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Clean accuracy on the test split and the space's attacks on its first ``n_eval`` images (seeded)."""
+    """Clean accuracy on the test split and the space's attacks on its first ``n_eval`` images (seeded), on
+    ``device`` (default: where the model is; the model is moved there, the images batch by batch)."""
     bundle = bundle or load_trial_data(space)
     if attacks is None:
         attacks = space_attacks(space)
+    if device is not None:
+        model.to(device)
     model.eval()
     test_x, test_y = bundle.test.tensors
-    clean = evaluate_dataset(model, bundle.test, batch_size=256)
+    clean = evaluate_dataset(model, bundle.test, batch_size=256, device=model_device(model))
     n_eval = min(space.attacks.n_eval, len(test_y))
     evaluation = evaluate(
         model,

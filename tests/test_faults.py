@@ -382,13 +382,14 @@ def test_a_trial_whose_loss_becomes_nan_is_failed_with_the_reason(env: dict[str,
 
         real_run_trial = trainable.run_trial
 
-        def run_trial(params: Any, space: Any, report: Any, *, resume_from: Any = None) -> Any:
+        def run_trial(params: Any, space: Any, report: Any, **kwargs: Any) -> Any:
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:  # another trial was chosen
-                return real_run_trial(params, space, report, resume_from=resume_from)
+                return real_run_trial(params, space, report, **kwargs)
             with os.fdopen(fd, "w") as f:
                 json.dump({"trial_id": ray.tune.get_context().get_trial_id()}, f)
+            # its own copy: the sweep's shared dataset (kwargs["bundle"]) serves the next trials of this process
             bundle = load_trial_data(space)
             images = bundle.train.tensors[0]
 
@@ -397,7 +398,7 @@ def test_a_trial_whose_loss_becomes_nan_is_failed_with_the_reason(env: dict[str,
                 if metrics.get("epoch") == 1 and not metrics.get("final"):
                     images[:, :, 0, 0] = float("nan")
 
-            return real_run_trial(params, space, report_then_corrupt, resume_from=resume_from, bundle=bundle)
+            return real_run_trial(params, space, report_then_corrupt, **{**kwargs, "bundle": bundle})
 
         trainable.run_trial = run_trial
 

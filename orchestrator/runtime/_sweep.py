@@ -12,12 +12,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..space import SweepSpace
 from ..tracking import SweepTracker, TrackingError
 from ._callbacks import error_text
 from ._summary import SweepResult, TrialRecord, summarise
 from ._tune import make_tune_config, to_tune_param_space
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from qshield.data import DatasetBundle
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,19 @@ def _check_attack_library() -> None:
         raise SweepSetupError(str(exc)) from None
 
 
+def _load_data(space: SweepSpace) -> DatasetBundle:
+    """The space's dataset, read once for the whole sweep; a missing or unreadable one stops it before Ray
+    starts."""
+    from qshield.data import DatasetFormatError
+
+    from ..trial import load_trial_data
+
+    try:
+        return load_trial_data(space)
+    except (OSError, DatasetFormatError) as exc:  # DatasetNotFoundError is a FileNotFoundError
+        raise SweepSetupError(f"dataset {space.dataset.value!r} cannot be read: {exc}") from exc
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Attach to the cluster in ``$RAY_ADDRESS`` when set, else start a local Ray (no dashboard).
 
@@ -91,11 +108,15 @@ def run_sweep(
     Restore-or-start: when ``<storage_path>/<name>`` holds a Tune experiment, it is restored (finished trials
     kept, unfinished ones resumed from their last checkpoint, errored ones retried); otherwise a new one starts.
     MLflow runs are found again by tags, so a resumed sweep never duplicates them.
+
+    The dataset is read here, once, before Ray starts (an unreadable one raises :class:`SweepSetupError`), and put
+    into Ray's object store; every trial trains on that snapshot (see :mod:`orchestrator.runtime._trainable`).
     """
+    import ray
     from ray import tune
 
     from ._callbacks import MLflowTrialCallback
-    from ._trainable import qshield_trainable
+    from ._trainable import SharedData, qshield_trainable
 
     name = name or space.name
     storage = storage_path or space.resolved_storage_path()
@@ -103,6 +124,7 @@ def run_sweep(
         storage = os.path.abspath(os.path.expanduser(storage))
     check_storage(storage)
     _check_attack_library()
+    bundle = _load_data(space)
     tracker = SweepTracker(name, experiment, tracking_uri)
     parent = tracker.parent_run_id(params={"space": space.to_dict()})
     study_storage = optuna_storage(tracker.tracking_uri)
@@ -122,9 +144,12 @@ def run_sweep(
     # the searcher reads (on trial completion). Tune's strict check would demand them in every report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     init_ray(num_cpus)
+    data = SharedData(ray.put(bundle))
+    del bundle  # the object store holds it now
 
     resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
-    trainable = tune.with_resources(tune.with_parameters(qshield_trainable, space_dict=space.to_dict()), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(qshield_trainable, space_dict=space.to_dict(), data=data), resources)
     exp_path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(exp_path):
         log.info("resuming sweep %s from %s", name, exp_path)
