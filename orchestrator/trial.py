@@ -149,8 +149,10 @@ def run_trial(
     """Train and attack one model; returns the final metrics (also passed to ``report``).
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (``epoch``, ``train_loss``,
-    ``train_accuracy``, ``val_accuracy``; ``checkpoint_dir`` holds the model so far) and once at the end with
-    ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc., masking diagnostics
+    ``train_accuracy``, ``val_accuracy``; ``checkpoint_dir`` holds the model so far, except after the last epoch:
+    None there, as the final report carries the model — one checkpoint fewer per trial, which also spares Tune a
+    snapshot of the whole experiment per short trial; a trial lost during its attacks re-trains its last epoch)
+    and once at the end with ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc., masking diagnostics
     ``masking/<check>`` (1 = passed), ``trustworthy``, and ``attack_table`` / ``diagnostics`` (JSON-able) for
     the tracker. ``checkpoint_dir`` of the final report holds ``model/`` (weights + config + tables).
 
@@ -181,14 +183,18 @@ def run_trial(
 
     def on_epoch(epoch: int, metrics: Mapping[str, Any]) -> None:
         absolute = done_epochs + epoch
+        row = {**_numeric(metrics), "epoch": absolute}  # the training loop counts from 1 after a resume
+        row.pop("epoch_seconds", None)
+        if "val_accuracy" not in row and "val_acc" in row:
+            row["val_accuracy"] = row.pop("val_acc")
+        if absolute >= plan.train.epochs:
+            # the last epoch: the final report carries the model (see the docstring)
+            report(row, None)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp)
             save_model(model, plan.model, ckpt / MODEL_FILE)
             (ckpt / STATE_FILE).write_text(json.dumps({"epoch": absolute}))
-            row = {**_numeric(metrics), "epoch": absolute}  # the training loop counts from 1 after a resume
-            row.pop("epoch_seconds", None)
-            if "val_accuracy" not in row and "val_acc" in row:
-                row["val_accuracy"] = row.pop("val_acc")
             report(row, ckpt)
 
     remaining = plan.train.epochs - done_epochs
