@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append((label, ok, detail, time.perf_counter() - t0))
         print(f"== gpu-check: {label}: {'ok' if ok else 'FAILED'} ({detail})", flush=True)
     lines = [
+        "## GPU checks (`bash scripts/dev.sh gpu-check`)",
+        "",
         (f"`bash scripts/dev.sh gpu-check` (`python -m bench.gpu_check`) ran on "
          f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC: {nvidia_smi()}; {platform.machine()}, "
          f"{os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__} (CUDA "

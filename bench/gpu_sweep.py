@@ -1,7 +1,7 @@
 """Benchmark: a 4-trial sweep with fractional GPUs (``gpus: 0.25``) on one real GPU.
 
 A local Ray (every GPU of the machine, up to 8 CPUs) runs :func:`orchestrator.runtime.run_sweep` on a small
-hybrid sweep (``mnist5k``, 1,000 training / 200 test images, 2 epochs of the small CNN + 4 qubits with mixed noise,
+hybrid sweep (``mnist5k``, 2,000 training / 200 test images, 3 epochs of the small CNN + 4 qubits with mixed noise,
 FGSM and 5-step PGD on 64 images) whose space asks for ``resources: {cpus: 1, gpus: 0.25}``: four trials share
 one GPU. ``TUNE_MAX_PENDING_TRIALS_PG`` is set to the trial count so that Tune requests every trial's placement
 group at once (with a search algorithm it otherwise starts trials one by one).
@@ -10,7 +10,9 @@ Checked and recorded, from the trials' own reports and from outside:
 
 * every trial ran on ``cuda:0`` of the GPU Ray assigned it, and saw only that GPU (``CUDA_VISIBLE_DEVICES``);
 * the GPU was fully reserved by four trials at once (Ray's available GPU sampled every 50 ms reached 0);
-* how many trial processes held memory on the GPU at once (``nvidia-smi --query-compute-apps``, every 0.5 s);
+* how many processes held memory on the GPU at once, beyond those there before the sweep (``nvidia-smi
+  --query-compute-apps``, every 0.5 s; process ids in a container may not match the host's, so they are counted,
+  not matched);
 * trials overlapping in time (their MLflow runs' start and end), the sweep's wall time, each trial's time.
 
 Writes its section of ``docs/benchmarks.md`` (``gpu_sweep``) unless ``--no-write``; refuses to run without CUDA::
@@ -41,7 +43,7 @@ def space_dict(trials: int) -> dict[str, Any]:
     return {
         "name": "bench-gpu-sweep",
         "dataset": "mnist5k",
-        "limit_train": 1000,
+        "limit_train": 2000,
         "limit_test": 200,
         "seed": 0,
         "parameters": {
@@ -53,8 +55,8 @@ def space_dict(trials: int) -> dict[str, Any]:
             "noise": "mixed",
             "noise_strength": 0.005,
             "lr": {"loguniform": [1.0e-3, 1.0e-2]},
-            "epochs": 2,
-            "batch_size": 128,
+            "epochs": 3,
+            "batch_size": 64,
         },
         "attacks": {"names": ["fgsm", "pgd"], "n_eval": 64, "batch_size": 64, "diagnostics": False,
                     "settings": {"pgd": {"steps": 5}}, "min_eps": None},
@@ -102,6 +104,7 @@ def run(trials: int, workdir: Path) -> dict[str, Any]:
     ray.init(address="local", num_cpus=min(os.cpu_count() or 1, 8), num_gpus=torch.cuda.device_count(),
              include_dashboard=False, log_to_driver=False)
     samples: dict[str, list[Any]] = {"gpu_free": [], "gpu_pids": []}
+    before = gpu_processes() or set()
     stop = threading.Event()
 
     def sample_resources() -> None:
@@ -135,8 +138,7 @@ def run(trials: int, workdir: Path) -> dict[str, Any]:
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("bench").experiment_id],
                               "tags.`qshield.role` = 'trial'")
-    trial_pids = {int(t.metrics["pid"]) for t in result.trials}
-    on_gpu = [len(p & trial_pids) for p in samples["gpu_pids"]]
+    on_gpu = [len(p - before) for p in samples["gpu_pids"]]
     return {
         "trials": [{"id": t.trial_id, **{k: t.metrics.get(k) for k in (
             "device", "gpu_ids", "cuda_visible_devices", "pid", "time_total_s", "accuracy", "robust_accuracy")}}
@@ -154,13 +156,17 @@ def render(res: dict[str, Any], trials: int) -> str:
 
     on_gpu = "not measured (no nvidia-smi)" if res["max_on_gpu"] is None else str(res["max_on_gpu"])
     lines = [
+        "## Fractional GPUs: four trials on one GPU" if trials == 4
+        else f"## Fractional GPUs: {trials} trials at gpus: 0.25",
+        "",
         (f"Measured by `python -m bench.gpu_sweep --trials {trials}` on {platform.machine()} with {res['gpu']}, "
          f"CUDA {torch.version.cuda}, torch {torch.__version__}, Python {platform.python_version()}: a {trials}-trial "
-         "sweep (mnist5k, 1,000 train / 200 test images, 2 epochs of the small CNN + 4 qubits with mixed noise, "
+         "sweep (mnist5k, 2,000 train / 200 test images, 3 epochs of the small CNN + 4 qubits with mixed noise, "
          "FGSM + 5-step PGD on 64 images) with `resources: {cpus: 1, gpus: 0.25}` through `run_sweep` on a local "
          f"Ray. Sweep wall {res['wall']:.1f} s. The GPU fully reserved by four trials at once (Ray's available GPU "
-         f"reached 0): {'yes' if res['gpu_fully_reserved'] else 'NO'}; most trial processes holding GPU memory at "
-         f"once (nvidia-smi): {on_gpu}; most trials running at once (MLflow run times): {res['overlap']}."),
+         f"reached 0): {'yes' if res['gpu_fully_reserved'] else 'NO'}; most processes holding GPU memory at once, "
+         f"beyond those before the sweep (nvidia-smi): {on_gpu}; most trials running at once (MLflow run times): "
+         f"{res['overlap']}."),
         "",
         "| trial | device | Ray GPU ids | CUDA_VISIBLE_DEVICES | pid | trial time (s) | accuracy | robust accuracy |",
         "|---|---|---|---|---|---|---|---|",

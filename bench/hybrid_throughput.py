@@ -95,6 +95,8 @@ def render(res: dict) -> str:
         props = torch.cuda.get_device_properties(0)
         gpu = f" with {props.name} ({props.total_memory / 1024**3:.0f} GiB), CUDA {torch.version.cuda}"
     lines = [
+        f"## Hybrid training throughput (samples/s), {' vs '.join(d.upper() for d in devices)}",
+        "",
         (f"Measured by `python -m bench.hybrid_throughput --devices {','.join(devices)} --batch-size "
          f"{res['batch_size']}` on {platform.machine()} ({_cpu_name()}, {os.cpu_count()} cores, torch threads: "
          f"{torch.get_num_threads()}){gpu}; Python {platform.python_version()}, torch {torch.__version__}. "

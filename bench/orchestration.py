@@ -209,7 +209,8 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     store_init = prepare_stores(workdir, uri)
     space = parse_space(tiny_space(name, trials, layout.cpus), source="<bench>")
     t0 = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": layout.node_cpus[0], "include_dashboard": False})
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": layout.node_cpus[0], "include_dashboard": False})
     try:
         nodes = [cluster.head_node] + [cluster.add_node(num_cpus=c) for c in layout.node_cpus[1:]]
         cluster.wait_for_nodes()

@@ -64,7 +64,8 @@ def time_step(layer: QuantumLayer, x: torch.Tensor, repeats: int, device: str) -
 
 #: the extra shape of a CUDA run (a batch the GPU is made for)
 CUDA_CASES = [
-    dict(label="4q depth1 full mixed p=0.005, B=4096", batch=4096, peer="pennylane", peer_name="PennyLane default.mixed",
+    dict(label="4q depth1 full mixed p=0.005, B=4096", batch=4096, peer="pennylane",
+         peer_name="PennyLane default.mixed",
          target=30.0, layer=dict(n_qubits=4, depth=1, entanglement="full", noise="mixed", noise_strength=0.005),
          skip=("qulacs",), peer_repeats=3),  # Qulacs loops over samples: ~9 s a step at this batch
 ]
@@ -157,6 +158,8 @@ def render_gpu(rows: list[dict], device: str) -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else device
     lines = [
+        "## Quantum layer on CUDA vs the CPU vs PennyLane",
+        "",
         f"Measured by `python bench/quantum_layer.py --device {device} --threads {torch.get_num_threads()}` on "
         f"{platform.machine()} ({_cpu_name()}) with {gpu}, CUDA {torch.version.cuda}; our torch backend on the GPU "
         f"and, in the same run, on the CPU with {torch.get_num_threads()} torch threads; peers on the CPU. "
@@ -164,7 +167,8 @@ def render_gpu(rows: list[dict], device: str) -> str:
         f"Qulacs {qulacs.__version__}. Forward+backward (loss = sum of outputs), median, per sample, float32 input; "
         "outputs checked to agree (1e-4) before timing.",
         "",
-        "| shape | ours (CUDA) | ours (CPU) | CUDA vs CPU | PennyLane | Qulacs | speed-up vs PennyLane | target | met |",
+        ("| shape | ours (CUDA) | ours (CPU) | CUDA vs CPU | PennyLane | Qulacs | speed-up vs PennyLane | target "
+         "| met |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

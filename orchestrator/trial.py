@@ -152,9 +152,9 @@ def run_trial(
     ``train_accuracy``, ``val_accuracy``; ``checkpoint_dir`` holds the model so far, except after the last epoch:
     None there, as the final report carries the model — one checkpoint fewer per trial, which also spares Tune a
     snapshot of the whole experiment per short trial; a trial lost during its attacks re-trains its last epoch)
-    and once at the end with ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc., masking diagnostics
-    ``masking/<check>`` (1 = passed), ``trustworthy``, and ``attack_table`` / ``diagnostics`` (JSON-able) for
-    the tracker. ``checkpoint_dir`` of the final report holds ``model/`` (weights + config + tables).
+    and once at the end with ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc.,
+    masking diagnostics ``masking/<check>`` (1 = passed), ``trustworthy``, and ``attack_table`` / ``diagnostics``
+    (JSON-able) for the tracker. ``checkpoint_dir`` of the final report holds ``model/`` (weights + config + tables).
 
     ``resume_from`` is a checkpoint directory written by an earlier report of the same trial: training restarts
     from the epoch it recorded (the model's weights restored; the optimiser starts afresh).

@@ -178,7 +178,8 @@ def test_the_trial_device_follows_the_gpu_ray_assigned(caplog: pytest.LogCapture
 def test_a_trial_on_cuda_moves_model_circuit_and_data_there_and_matches_the_cpu() -> None:
     space = parse_space({
         "name": "cuda", "dataset": "digits", "limit_train": 200, "limit_test": 40, "seed": 0,
-        "parameters": {"arch": "hybrid", "backbone": "cnn", "n_qubits": 4, "depth": 1, "entanglement": {"choice": ["none", "linear"]},
+        "parameters": {"arch": "hybrid", "backbone": "cnn", "n_qubits": 4, "depth": 1,
+                       "entanglement": {"choice": ["none", "linear"]},
                        "noise": "depolarizing", "noise_strength": 0.05, "lr": 3.0e-3, "epochs": 2, "batch_size": 16},
         "attacks": {"names": ["fgsm", "pgd"], "n_eval": 16, "batch_size": 16, "diagnostics": False,
                     "settings": {"pgd": {"steps": 3, "alpha": "12/255"}}, "min_eps": {"rounds": 2, "steps": 2}},

@@ -47,8 +47,8 @@ class MLflowTrialCallback(tune.Callback):
         if trial.trial_id not in self._runs:
             config = trial.config or {}
             label = " ".join(f"{k}={_short(config[k])}" for k in self.searched if k in config)
-            run_id, created = self.tracker.open_trial_run(trial.trial_id, params=config,
-                                                          run_name=f"trial {trial.trial_id}" + (f": {label}" if label else ""))
+            name = f"trial {trial.trial_id}" + (f": {label}" if label else "")
+            run_id, created = self.tracker.open_trial_run(trial.trial_id, params=config, run_name=name)
             self._runs[trial.trial_id] = run_id
             # a resumed trial may re-report epochs already logged before the restart: log each epoch once (a run
             # created just now has none)
