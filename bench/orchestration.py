@@ -38,7 +38,8 @@ Per layout:
 * ``worker processes``: distinct trial process ids (one per slot when actors are reused).
 
 Writes the table with machine and version information to ``docs/benchmarks.md`` (section
-``orchestration``) unless ``--no-write``. Run from the repository root::
+``orchestration``; with another ``--trials`` N, section ``orchestration_<N>trials``) unless ``--no-write``. Run
+from the repository root::
 
     python -m bench.orchestration [--trials 6] [--repeats 3] [--baseline REF] [--no-warmup] [--no-write]
 """
@@ -62,6 +63,7 @@ from typing import Any
 from bench.quantum_layer import DOC, ROOT, write_section
 
 SECTION = "orchestration"
+DEFAULT_TRIALS = 6
 DONE = "__bench_orchestration_done__"
 #: the issue's targets (issue 13, item 2)
 TARGET_OVERHEAD_S = 1.0
@@ -487,7 +489,9 @@ def _git_sha() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.orchestration", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=6, help="trials per sweep (default 6; at least 3)")
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                        help=f"trials per sweep (default {DEFAULT_TRIALS}; at least 3; another count writes its own "
+                             "section, orchestration_<N>trials)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the layouts (default 3)")
     parser.add_argument("--baseline", metavar="REF", default=None,
                         help="also measure git revision REF in the same rounds (before/after)")
@@ -507,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, args.trials, (load_before, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
-        write_section(text, SECTION)
+        # the issue's 6-trial sweep has the section "orchestration"; another size gets its own section beside it
+        write_section(text, SECTION if args.trials == DEFAULT_TRIALS else f"{SECTION}_{args.trials}trials")
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 
