@@ -384,7 +384,7 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
     if baseline is not None:
         command += f" --baseline {baseline.split()[0]}"
     lines = [
-        "## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes",
+        f"## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes ({trials} trials)",
         "",
         (f"Measured by `{command}` on {_machine()}; {_versions()}; {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} "
          f"UTC. Load average (1 min) of the machine before / after: {load[0]:.1f} / {load[1]:.1f}."),
