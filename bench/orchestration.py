@@ -11,36 +11,51 @@ FGSM + 3-step PGD on 16 images, one CPU per trial, MLflow on a temporary sqlite 
 The TPE sampler is seeded and samples at random for all trials (``n_startup_trials`` = trials), so every layout
 runs the same trial configurations (checked). Each layout runs ``--repeats`` times, interleaved (the order
 rotates every round), and the table shows the repeat with the shortest wall time (best of N, as ``timeit``
-does: other work on the shared machine only ever adds time). Per layout:
+does: other work on the shared machine only ever adds time). With ``--baseline REF`` the same layouts also run
+on the code of git revision ``REF`` (its ``orchestrator`` and ``qshield`` packages, this benchmark's code), in the
+same interleaved rounds: a before/after comparison under the same load.
 
-* ``wall``: the ``run_sweep`` call once the cluster is up (MLflow parent run, Tune setup, all trials, summary);
+Every measurement runs in a child process per code version (``--serve``; it imports that version's packages,
+runs one unmeasured one-trial warm-up sweep so that the driver's imports are done, then measures on request).
+Before each measured sweep the MLflow and Optuna sqlite stores are created (and timed: *fresh store*), as they
+exist for every sweep but the first against a store; the sweep's own time starts at the ``run_sweep`` call.
+Per layout:
+
+* ``wall``: the ``run_sweep`` call once the cluster is up (MLflow parent run, reading the data, Tune set-up,
+  all trials, summary);
 * ``trial time``: each trial's own time as Tune reports it (``time_total_s``: inside the trainable, from its
-  start to its last report: data, training, attacks);
-* ``slots`` k = CPUs / CPUs per trial; ``lower bound`` = max(sum of trial times / k, longest trial): the wall
-  time of a perfect scheduler with zero overhead;
-* ``overhead per trial`` = (k * wall - sum of trial times) / trials: slot-seconds not spent inside a trial
-  (actor and worker-process start, placement groups, checkpoint and result syncing, the MLflow callback,
-  idle slots at the tail), per trial;
-* ``sweep overhead`` = wall - lower bound;
-* ``throughput`` = trials / wall, per minute.
+  start to its last report: training, attacks; the first trial of each worker process also imports what the
+  trial code imports lazily, e.g. ``torch._dynamo`` through the first ``torch.optim.Adam``);
+* ``slots`` k = CPUs / CPUs per trial; ``overhead per trial`` = (k * wall - sum of trial times) / trials:
+  slot-seconds not spent inside a trial (driver set-up, actor and worker-process start with its imports,
+  placement groups, checkpoint and result syncing, the MLflow callback, idle slots at the tail), per trial;
+* ``set-up`` = from the call to the first trial's MLflow run (driver set-up, first worker process up);
+  ``wind-down`` = from the last trial's run ending to the return (summary); ``between trials`` = the rest of the
+  overhead, per trial (what each further trial adds);
+* ``throughput`` = trials / wall, per minute; ``steady throughput`` = trials completed per minute after every
+  slot has finished its first trial (from the MLflow runs' end times): what further trials add, without the
+  one-off set-up and each worker process's first-trial warm-up;
+* ``worker processes``: distinct trial process ids (one per slot when actors are reused).
 
 Writes the table with machine and version information to ``docs/benchmarks.md`` (section
-``orchestration``) unless ``--no-write``. Run from the repository root::
+``orchestration``; with another ``--trials`` N, section ``orchestration_<N>trials``) unless ``--no-write``. Run
+from the repository root::
 
-    python -m bench.orchestration [--trials 6] [--repeats 3] [--no-warmup] [--no-write]
+    python -m bench.orchestration [--trials 6] [--repeats 3] [--baseline REF] [--no-warmup] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -48,6 +63,11 @@ from typing import Any
 from bench.quantum_layer import DOC, ROOT, write_section
 
 SECTION = "orchestration"
+DEFAULT_TRIALS = 6
+DONE = "__bench_orchestration_done__"
+#: the issue's targets (issue 13, item 2)
+TARGET_OVERHEAD_S = 1.0
+TARGET_TWO_NODES = 1.85
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,14 @@ LAYOUTS = (
 class Measurement:
     layout: Layout
     cluster_start_s: float
+    store_init_s: float
     wall_s: float
     trial_s: list[float]
     trials_per_node: list[int]  # in node order: head first
+    setup_s: float
+    wind_down_s: float
+    run_end_s: list[float]  # the trials' MLflow runs' end times, seconds after the run_sweep call, sorted
+    processes: int
     configs: list[dict[str, Any]] = field(repr=False)
 
     @property
@@ -91,12 +116,33 @@ class Measurement:
         return (self.slots * self.wall_s - sum(self.trial_s)) / len(self.trial_s)
 
     @property
-    def sweep_overhead_s(self) -> float:
-        return self.wall_s - self.lower_bound_s
+    def between_trials_s(self) -> float:
+        """Overhead per trial once set-up and wind-down (slot-seconds) are taken out."""
+        rest = self.slots * (self.wall_s - self.setup_s - self.wind_down_s) - sum(self.trial_s)
+        return rest / len(self.trial_s)
 
     @property
     def throughput_per_min(self) -> float:
         return 60.0 * len(self.trial_s) / self.wall_s
+
+    @property
+    def steady_throughput_per_min(self) -> float:
+        """Trials per minute from the k-th completion (every slot done with its first trial) to the last."""
+        ends, k = self.run_end_s, self.slots
+        if len(ends) <= k or ends[-1] <= ends[k - 1]:
+            return float("nan")
+        return 60.0 * (len(ends) - k) / (ends[-1] - ends[k - 1])
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layout"] = {"label": self.layout.label, "node_cpus": list(self.layout.node_cpus)}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Measurement:
+        data = dict(data)
+        data["layout"] = Layout(data["layout"]["label"], tuple(data["layout"]["node_cpus"]))
+        return cls(**data)
 
 
 def tiny_space(name: str, trials: int, max_concurrent: int) -> dict[str, Any]:
@@ -123,7 +169,8 @@ def tiny_space(name: str, trials: int, max_concurrent: int) -> dict[str, Any]:
             "n_eval": 16,
             "batch_size": 16,
             "diagnostics": False,
-            "settings": {"pgd": {"steps": 3, "alpha": "4/255"}},
+            # 3 steps of 12/255 reach eps = 32/255 (digits' threshold); a smaller alpha is refused as unreachable
+            "settings": {"pgd": {"steps": 3, "alpha": "12/255"}},
         },
         "objectives": {"accuracy": "max", "asr": "min", "adversary_cost": "max"},
         "resources": {"cpus": 1, "gpus": 0},
@@ -133,29 +180,50 @@ def tiny_space(name: str, trials: int, max_concurrent: int) -> dict[str, Any]:
     }
 
 
+def prepare_stores(workdir: Path, uri: str) -> float:
+    """Create the sqlite MLflow store (with the benchmark's experiment) and the Optuna store next to it, as a
+    sweep finds them after the first one; returns the seconds it took."""
+    import optuna
+
+    from orchestrator.runtime import optuna_storage
+    from orchestrator.tracking import SweepTracker
+
+    t0 = time.perf_counter()
+    SweepTracker("store-init", "bench", uri).experiment_id
+    study = optuna_storage(uri)
+    if study:
+        optuna.storages.RDBStorage(study)
+    return time.perf_counter() - t0
+
+
 def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     """Start ``layout`` as a fresh cluster, run the sweep on it, stop the cluster."""
     import ray
+    from mlflow import MlflowClient
     from ray.cluster_utils import Cluster
 
-    from orchestrator.space import parse_space
     from orchestrator.runtime import run_sweep
+    from orchestrator.space import parse_space
 
     name = "bench-" + layout.label.replace(" ", "").replace("x", "-")
     workdir.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    store_init = prepare_stores(workdir, uri)
     space = parse_space(tiny_space(name, trials, layout.cpus), source="<bench>")
     t0 = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": layout.node_cpus[0], "include_dashboard": False})
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": layout.node_cpus[0], "include_dashboard": False})
     try:
         nodes = [cluster.head_node] + [cluster.add_node(num_cpus=c) for c in layout.node_cpus[1:]]
         cluster.wait_for_nodes()
         node_ids = [n.node_id for n in nodes]
         ray.init(address=cluster.address, log_to_driver=False)
         started = time.perf_counter() - t0
+        called = time.time()
         t1 = time.perf_counter()
-        result = run_sweep(space, storage_path=str(workdir / "ray"), tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
-                           experiment="bench", verbose=0)
+        result = run_sweep(space, storage_path=str(workdir / "ray"), tracking_uri=uri, experiment="bench", verbose=0)
         wall = time.perf_counter() - t1
+        returned = called + wall
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -167,12 +235,25 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     unknown = set(ran_on) - set(node_ids)
     if unknown:
         raise RuntimeError(f"{layout.label}: trials ran on nodes {unknown} outside the cluster {node_ids}")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("bench")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`qshield.role` = 'trial'",
+                              max_results=1000)
+    if len(runs) != trials:
+        raise RuntimeError(f"{layout.label}: {len(runs)} MLflow trial runs for {trials} trials")
+    starts = sorted(r.info.start_time / 1000.0 - called for r in runs)
+    ends = sorted(r.info.end_time / 1000.0 - called for r in runs)
     return Measurement(
         layout=layout,
         cluster_start_s=started,
+        store_init_s=store_init,
         wall_s=wall,
         trial_s=[float(t.metrics["time_total_s"]) for t in result.trials],
         trials_per_node=[ran_on.count(n) for n in node_ids],
+        setup_s=starts[0],
+        wind_down_s=(returned - called) - ends[-1],
+        run_end_s=ends,
+        processes=len({t.metrics.get("pid") for t in result.trials}),
         configs=sorted((_config_key(t.config) for t in result.trials), key=repr),
     )
 
@@ -181,24 +262,111 @@ def _config_key(config: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 12) if isinstance(v, float) else v) for k, v in sorted(config.items())}
 
 
-def run(trials: int, repeats: int, warmup: bool, workdir: Path) -> list[list[Measurement]]:
-    """``repeats`` rounds over :data:`LAYOUTS` (the order rotates each round); one list of repeats per layout."""
-    os.environ.pop("RAY_ADDRESS", None)  # the clusters below are addressed explicitly
-    if warmup:  # page cache and Python bytecode for the worker imports (torch, qshield, Tune), not measured
-        print("warm-up sweep (not measured) ...", flush=True)
-        measure(Layout("warm-up", (1,)), 1, workdir / "warmup")
-    out: list[list[Measurement]] = [[] for _ in LAYOUTS]
-    for r in range(repeats):
-        for k in range(len(LAYOUTS)):
-            i = (k + r) % len(LAYOUTS)
-            layout = LAYOUTS[i]
-            m = measure(layout, trials, workdir / f"r{r}-layout{i}")
-            print(f"[{r + 1}/{repeats}] {layout.label}: wall {m.wall_s:.1f} s, trials {sum(m.trial_s):.1f} s in "
-                  f"total, overhead/trial {m.overhead_per_trial_s:.2f} s, {m.throughput_per_min:.1f} trials/min, "
-                  f"per node {m.trials_per_node}", flush=True)
-            out[i].append(m)
-    reference = out[0][0].configs
-    if any(m.configs != reference for ms in out for m in ms):
+# ------------------------------------------------------------------------------------------------------------
+# child processes: one per code version
+
+
+def serve(warmup: bool) -> int:
+    """Child mode: optionally warm up, then measure one layout per JSON command line read from stdin."""
+    os.environ.pop("RAY_ADDRESS", None)  # the clusters are addressed explicitly
+    if warmup:  # page cache, bytecode and the driver's imports (MLflow store, Optuna, Tune, plots): not measured
+        with tempfile.TemporaryDirectory(prefix="qshield-bench-warmup-") as tmp:
+            measure(Layout("warm-up", (1,)), 1, Path(tmp))
+    import orchestrator
+
+    print(DONE, Path(orchestrator.__file__).resolve().parent, flush=True)  # which code this child runs
+    for line in sys.stdin:
+        command = json.loads(line)
+        m = measure(LAYOUTS[command["layout"]], command["trials"], Path(command["workdir"]))
+        Path(command["out"]).write_text(json.dumps(m.to_json()))
+        print(DONE, flush=True)
+    return 0
+
+
+class Child:
+    """A ``--serve`` process running one code version (``pythonpath`` first on its path)."""
+
+    def __init__(self, label: str, pythonpath: Path, warmup: bool) -> None:
+        self.label = label
+        expected = (pythonpath / "orchestrator").resolve()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])}
+        env.pop("RAY_ADDRESS", None)
+        args = [sys.executable, "-m", "bench.orchestration", "--serve"] + ([] if warmup else ["--no-warmup"])
+        # cwd: ``python -m`` puts it first on the path, and Ray puts the driver's on its workers' paths
+        self.proc = subprocess.Popen(args, cwd=pythonpath, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        running = self._wait()
+        if Path(running) != expected:
+            self.close()
+            raise RuntimeError(f"{label}: the child runs the orchestrator in {running}, not {expected}")
+
+    def _wait(self) -> str:
+        """Forward the child's output until its next done line; returns what follows the marker on it."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.split(" ", 1)[0].strip() == DONE:
+                return line.strip()[len(DONE):].strip()
+            sys.stderr.write(f"[{self.label}] {line}")
+        raise RuntimeError(f"{self.label}: the benchmark child exited with {self.proc.wait()}")
+
+    def measure(self, layout: int, trials: int, workdir: Path) -> Measurement:
+        out = workdir / "measurement.json"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"layout": layout, "trials": trials, "workdir": str(workdir),
+                                          "out": str(out)}) + "\n")
+        self.proc.stdin.flush()
+        self._wait()
+        return Measurement.from_json(json.loads(out.read_text()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+
+
+def baseline_tree(ref: str, workdir: Path) -> tuple[str, Path]:
+    """A folder to put first on the path: ``orchestrator`` and ``qshield`` of git revision ``ref`` (extracted with
+    ``git archive``), and this checkout's ``bench``; returns (short sha, folder)."""
+    sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    src, tree = workdir / f"src-{sha}", workdir / f"path-{sha}"
+    src.mkdir(parents=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref, "orchestrator", "qshield"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    for package in ("orchestrator", "qshield"):
+        (tree / package).symlink_to(src / package)
+    (tree / "bench").symlink_to(ROOT / "bench")
+    return sha, tree
+
+
+def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | None
+        ) -> dict[str, list[list[Measurement]]]:
+    """``repeats`` rounds over every (code version, layout) pair, the order rotating each round; per version one
+    list of repeats per layout."""
+    versions: dict[str, Path] = {f"{_git_sha()} (this checkout)": ROOT}
+    if baseline is not None:
+        sha, tree = baseline_tree(baseline, workdir)
+        versions[f"{sha} (baseline)"] = tree
+    children = {label: Child(label, path, warmup) for label, path in versions.items()}
+    try:
+        out = {label: [[] for _ in LAYOUTS] for label in versions}
+        pairs = [(label, i) for label in versions for i in range(len(LAYOUTS))]
+        for r in range(repeats):
+            for k in range(len(pairs)):
+                label, i = pairs[(k + r) % len(pairs)]
+                m = children[label].measure(i, trials, workdir / f"r{r}-{label.split()[0]}-layout{i}")
+                print(f"[{r + 1}/{repeats}] {label}, {m.layout.label}: wall {m.wall_s:.1f} s, trials "
+                      f"{sum(m.trial_s):.1f} s in total, overhead/trial {m.overhead_per_trial_s:.2f} s, "
+                      f"{m.throughput_per_min:.1f} trials/min (steady {m.steady_throughput_per_min:.1f}), per node "
+                      f"{m.trials_per_node}, {m.processes} worker processes", flush=True)
+                out[label][i].append(m)
+    finally:
+        for child in children.values():
+            child.close()
+    reference = next(iter(out.values()))[0][0].configs
+    if any(m.configs != reference for runs in out.values() for ms in runs for m in ms):
         raise RuntimeError("the layouts ran different trial configurations; the comparison would be unfair")
     return out
 
@@ -208,49 +376,84 @@ def best_run(runs: list[Measurement]) -> Measurement:
     return min(runs, key=lambda m: m.wall_s)
 
 
-def render(runs: list[list[Measurement]], trials: int, load: tuple[float, float]) -> str:
-    results = [best_run(r) for r in runs]
-    repeats = len(runs[0])
-    one, two, control = results
+def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple[float, float]) -> str:
+    labels = list(results)
+    repeats = len(results[labels[0]][0])
+    baseline = next((label for label in labels if label.endswith("(baseline)")), None)
+    command = f"python -m bench.orchestration --trials {trials} --repeats {repeats}"
+    if baseline is not None:
+        command += f" --baseline {baseline.split()[0]}"
     lines = [
-        "## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes",
+        f"## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes ({trials} trials)",
         "",
-        (f"Measured by `python -m bench.orchestration --trials {trials} --repeats {repeats}` on {_machine()}; "
-         f"{_versions()}; git {_git_sha()}; {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-         f"Load average (1 min) of the machine before / after: {load[0]:.1f} / {load[1]:.1f}."),
+        (f"Measured by `{command}` on {_machine()}; {_versions()}; {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} "
+         f"UTC. Load average (1 min) of the machine before / after: {load[0]:.1f} / {load[1]:.1f}."),
         "",
         (f"The same {trials}-trial sweep (sklearn digits, 200 train / 60 test images, 1 epoch of a hybrid small "
          "CNN + 2-4 qubits, FGSM + 3-step PGD on 16 images, 1 CPU per trial, MLflow on sqlite) through "
          "`run_sweep` on a fresh `ray.cluster_utils.Cluster` per layout and repeat; identical trial "
-         f"configurations in every layout (seeded random sampling, checked); {repeats} interleaved repeats, the "
-         "row shows the repeat with the shortest wall time (other work on the machine only adds time), the last "
-         "column the throughput of every repeat. "
-         "*Trial time* is Tune's `time_total_s` (inside the trainable); *lower bound* = max(sum of trial times / "
-         "slots, longest trial); *overhead per trial* = (slots x wall - sum of trial times) / trials, i.e. "
-         "slot-seconds spent outside the trials' own code (a fresh worker process per trial importing torch and "
-         "qshield, actor and placement-group set-up, result and checkpoint syncing, the MLflow callback, idle "
-         "slots at the end)."),
+         f"configurations in every layout{' and code version' if baseline else ''} (seeded random sampling, "
+         f"checked); {repeats} interleaved repeats, the row shows the repeat with the shortest wall time (other "
+         "work on the machine only adds time), the last column the throughput of every repeat. The MLflow and "
+         "Optuna stores exist before the sweep starts (creating them, once per store, took the seconds in *fresh "
+         "store*; not in the wall time). *Trial time* is Tune's `time_total_s` (inside the trainable; a worker "
+         "process's first trial also does the trial code's one-off lazy imports); *overhead per trial* = (slots x "
+         "wall - sum of trial times) / trials: slot-seconds spent outside the trials' own code; *set-up* = call to "
+         "the first trial's MLflow run (driver set-up, first worker process with its imports), *wind-down* = last "
+         "run ended to return (summary), *between trials* = the rest of the overhead per trial; *steady "
+         "throughput* = trials per minute after every slot finished its first trial."),
         "",
-        ("| layout | slots | cluster start (s) | sweep wall (s) | trial time sum / mean (s) | lower bound (s) "
-         "| sweep overhead (s) | overhead per trial (s) | throughput (trials/min) | trials per node "
-         "| throughput, all repeats |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| code | layout | slots | sweep wall (s) | trial time sum / mean (s) | overhead per trial (s) "
+         "| set-up / wind-down (s) | between trials (s) | throughput (trials/min) | steady throughput (trials/min) "
+         "| worker processes | trials per node | fresh store (s) | throughput, all repeats |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for m, ms in zip(results, runs):
-        lines.append(
-            f"| {m.layout.label} | {m.slots} | {m.cluster_start_s:.1f} | {m.wall_s:.1f} | "
-            f"{sum(m.trial_s):.1f} / {sum(m.trial_s) / len(m.trial_s):.2f} | {m.lower_bound_s:.1f} | "
-            f"{m.sweep_overhead_s:.1f} | {m.overhead_per_trial_s:.2f} | {m.throughput_per_min:.1f} | "
-            f"{' + '.join(str(c) for c in m.trials_per_node)} | "
-            f"{', '.join(f'{x.throughput_per_min:.1f}' for x in ms)} |"
-        )
+    best = {label: [best_run(r) for r in runs] for label, runs in results.items()}
+    for label in labels:
+        for m, ms in zip(best[label], results[label]):
+            lines.append(
+                f"| {label} | {m.layout.label} | {m.slots} | {m.wall_s:.1f} | "
+                f"{sum(m.trial_s):.1f} / {sum(m.trial_s) / len(m.trial_s):.2f} | {m.overhead_per_trial_s:.2f} | "
+                f"{m.setup_s:.1f} / {m.wind_down_s:.1f} | {m.between_trials_s:.2f} | {m.throughput_per_min:.1f} | "
+                f"{m.steady_throughput_per_min:.1f} | {m.processes} | "
+                f"{' + '.join(str(c) for c in m.trials_per_node)} | {m.store_init_s:.1f} | "
+                f"{', '.join(f'{x.throughput_per_min:.1f}' for x in ms)} |"
+            )
+    current = labels[0]
+    one, two, control = best[current]
+    ratio = two.throughput_per_min / one.throughput_per_min
+    steady = two.steady_throughput_per_min / one.steady_throughput_per_min
+    # set-up and wind-down are paid in full whatever the slots: a perfect second slot halves only the rest
+    fixed = one.setup_s + one.wind_down_s
+    bound = one.wall_s / (fixed + (one.wall_s - fixed) / 2)
     lines += [
         "",
-        (f"Two nodes vs one: {two.throughput_per_min / one.throughput_per_min:.2f}x the throughput. Two nodes vs "
+        (f"This checkout: overhead per trial on one node {one.overhead_per_trial_s:.2f} s (target ≤ "
+         f"{TARGET_OVERHEAD_S:.0f} s: {'met' if one.overhead_per_trial_s <= TARGET_OVERHEAD_S else 'not met'}); "
+         f"two nodes vs one: {ratio:.2f}x the throughput (target ≥ {TARGET_TWO_NODES}x: "
+         f"{'met' if ratio >= TARGET_TWO_NODES else 'not met'}), {steady:.2f}x in steady throughput; two nodes vs "
          f"one node with the same two CPUs: {two.throughput_per_min / control.throughput_per_min:.2f}x. "
-         f"{os.cpu_count()} cores on this machine, shared with other work while measuring (the load average "
-         "above counts it): the trial times of the two-slot layouts include the contention of two trials, Ray's "
-         "own processes and that other work for the same cores."),
+         f"On one node {fixed:.1f} s of the {one.wall_s:.1f} s are set-up and wind-down, which two nodes pay just "
+         f"the same: even a second node that halved everything else exactly would give at most {bound:.2f}x here "
+         "(less still, as each worker process also pays its first-trial warm-up)."),
+    ]
+    if baseline is not None:
+        b_one, b_two, _ = best[baseline]
+        lines += [
+            "",
+            (f"Baseline {baseline.split()[0]} in the same rounds: overhead per trial on one node "
+             f"{b_one.overhead_per_trial_s:.2f} s (now {one.overhead_per_trial_s / b_one.overhead_per_trial_s:.2f}x "
+             f"of it); throughput on one node {one.throughput_per_min / b_one.throughput_per_min:.2f}x and on two "
+             f"nodes {two.throughput_per_min / b_two.throughput_per_min:.2f}x the baseline's; its two nodes vs one: "
+             f"{b_two.throughput_per_min / b_one.throughput_per_min:.2f}x."),
+        ]
+    lines += [
+        "",
+        (f"{os.cpu_count()} cores on this machine, shared with other work while measuring (the load average above "
+         "counts it): two slots mean two trial processes, the driver and Ray's own processes on those cores, so "
+         "the trial times of the two-slot layouts include that contention; and every worker process pays its "
+         "imports and first-trial warm-up once, so a few short trials cannot make a second node pay off "
+         "fully (the steady throughput shows what further trials gain)."),
     ]
     return "\n".join(lines)
 
@@ -282,30 +485,40 @@ def _git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=5, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    return (out.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.orchestration", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=6, help="trials per sweep (default 6; at least 2)")
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                        help=f"trials per sweep (default {DEFAULT_TRIALS}; at least 3; another count writes its own "
+                             "section, orchestration_<N>trials)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the layouts (default 3)")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the unmeasured one-trial warm-up sweep")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="also measure git revision REF in the same rounds (before/after)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip each child's unmeasured warm-up sweep")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # child mode (see serve)
     args = parser.parse_args(argv)
-    if args.trials < 2:
-        parser.error(f"--trials={args.trials}: at least 2 trials are needed to fill two slots")
+    if args.serve:
+        return serve(not args.no_warmup)
+    if args.trials < 3:
+        parser.error(f"--trials={args.trials}: at least 3 trials are needed (two slots, then a steady state)")
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats}: at least 1")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="qshield-bench-") as tmp:
-        runs = run(args.trials, args.repeats, not args.no_warmup, Path(tmp))
-    text = render(runs, args.trials, (load_before, os.getloadavg()[0]))
+        results = run(args.trials, args.repeats, not args.no_warmup, Path(tmp), args.baseline)
+    text = render(results, args.trials, (load_before, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
-        write_section(text, SECTION)
+        # the issue's 6-trial sweep has the section "orchestration"; another size gets its own section beside it
+        write_section(text, SECTION if args.trials == DEFAULT_TRIALS else f"{SECTION}_{args.trials}trials")
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

@@ -579,10 +579,10 @@ class SweepLease:
         """Refuse (:class:`LeaseHeldError`) when the sweep's MLflow parent run is ``RUNNING`` with its Tune state on
         another storage path or its lease in another directory: the lease of that path is not this one, so two
         drivers could feed one parent run. Read only; call before the parent run is reopened."""
-        parent_id = tracker.find_parent_run_id()
-        if parent_id is None:
+        run = tracker.find_parent_run()
+        if run is None:
             return
-        run = tracker._call("read parent run", lambda: tracker.client.get_run(parent_id))
+        parent_id = run.info.run_id
         if run.info.status != "RUNNING":
             return
         tags = run.data.tags

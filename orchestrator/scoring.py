@@ -388,8 +388,8 @@ def choose(
 
     if rule is Rule.ROBUST_FLOOR:
         need = [m for m in ("accuracy", "robust_accuracy") if m not in dirs]
-        extra = _matrix(points, need) if need else []  # checks presence and finiteness
-        del extra
+        if need:
+            _matrix(points, need)  # checks presence and finiteness
         acc = {i: float(points[i]["accuracy"]) for i in feasible}
         best_acc = max(acc.values())
         eligible = [i for i in feasible if acc[i] >= best_acc - accuracy_floor - 1e-12]

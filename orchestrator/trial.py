@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from qshield.attacks import AttackConfig
+from qshield.attacks import AttackConfig, model_device
 from qshield.data import DatasetBundle, DatasetSpec, dataset_spec, load_dataset, stratified_split
 from qshield.evaluation import EvaluationReport, evaluate, wilson_interval
 from qshield.models import ModelConfig, build_model, load_model, save_model
@@ -136,17 +136,25 @@ def run_trial(
     resume_from: Path | None = None,
     bundle: DatasetBundle | None = None,
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train and attack one model; returns the final metrics (also passed to ``report``).
 
     ``report(metrics, checkpoint_dir)`` is called after every epoch (``epoch``, ``train_loss``,
-    ``train_accuracy``, ``val_accuracy``; ``checkpoint_dir`` holds the model so far) and once at the end with
-    ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc., masking diagnostics
-    ``masking/<check>`` (1 = passed), ``trustworthy``, and ``attack_table`` / ``diagnostics`` (JSON-able) for
-    the tracker. ``checkpoint_dir`` of the final report holds ``model/`` (weights + config + tables).
+    ``train_accuracy``, ``val_accuracy``; ``checkpoint_dir`` holds the model so far, except after the last epoch:
+    None there, as the final report carries the model — one checkpoint fewer per trial, which also spares Tune a
+    snapshot of the whole experiment per short trial; a trial lost during its attacks re-trains its last epoch)
+    and once at the end with ``final=True``, the objectives, per-attack metrics ``attack/<name>/asr`` etc.,
+    masking diagnostics ``masking/<check>`` (1 = passed), ``trustworthy``, and ``attack_table`` / ``diagnostics``
+    (JSON-able) for the tracker. ``checkpoint_dir`` of the final report holds ``model/`` (weights + config + tables).
 
     ``resume_from`` is a checkpoint directory written by an earlier report of the same trial: training restarts
     from the epoch it recorded (the model's weights restored; the optimiser starts afresh).
+
+    ``bundle``: the space's dataset when the caller holds it already (a sweep reads it once and shares it between
+    trials; it is only read, never changed); else it is loaded here. ``device``: where the model (its quantum
+    circuit included), every training and evaluation batch and the attacks run, e.g. ``"cuda:0"``; checkpoints
+    are written from CPU copies, so they load anywhere.
 
     Bad parameters (``ValueError`` naming the field) and an unreadable or unsafe ``resume_from`` checkpoint
     (:class:`~qshield.models.UnsafeCheckpointError` / ``ValueError`` naming the file) are refused before any
@@ -162,19 +170,25 @@ def run_trial(
     fit_set, val_set = split_validation(bundle.train, space.seed)
     if model is None:
         model = build_model(plan.model, seed=space.seed)
+    device = torch.device(device)
+    model.to(device)
 
     def on_epoch(epoch: int, metrics: Mapping[str, Any]) -> None:
         absolute = done_epochs + epoch
+        # the training loop counts from 1 after a resume; the objectives arrive with the final report, and every
+        # report names them (None until then), as Tune's strict metric check expects of a result the searcher reads
+        row = {**dict.fromkeys(space.directions()), **_numeric(metrics), "epoch": absolute}
+        row.pop("epoch_seconds", None)
+        if "val_accuracy" not in row and "val_acc" in row:
+            row["val_accuracy"] = row.pop("val_acc")
+        if absolute >= plan.train.epochs:
+            # the last epoch: the final report carries the model (see the docstring)
+            report(row, None)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = Path(tmp)
             save_model(model, plan.model, ckpt / MODEL_FILE)
             (ckpt / STATE_FILE).write_text(json.dumps({"epoch": absolute}))
-            # the objectives arrive with the final report; every report names them (None until then), as Tune's
-            # strict metric check expects of a result the searcher may read
-            row = {**dict.fromkeys(space.directions()), **_numeric(metrics), "epoch": absolute}
-            row.pop("epoch_seconds", None)
-            if "val_accuracy" not in row and "val_acc" in row:
-                row["val_accuracy"] = row.pop("val_acc")
             report(row, ckpt)
 
     remaining = plan.train.epochs - done_epochs
@@ -183,9 +197,9 @@ def run_trial(
         if done_epochs:
             # a different shuffling stream for the remaining epochs than for the first ones
             train_cfg = train_cfg.replace(epochs=remaining, seed=train_cfg.seed + done_epochs)
-        train(model, fit_set, train_cfg, val_dataset=val_set, callback=on_epoch, progress=progress)
+        train(model, fit_set, train_cfg, val_dataset=val_set, callback=on_epoch, progress=progress, device=device)
 
-    final = evaluate_trained(model, space, bundle=bundle, attacks=plan.attacks, progress=progress)
+    final = evaluate_trained(model, space, bundle=bundle, attacks=plan.attacks, progress=progress, device=device)
     final["epoch"] = plan.train.epochs
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp)
@@ -225,14 +239,18 @@ def evaluate_trained(
     bundle: DatasetBundle | None = None,
     attacks: tuple[AttackConfig, ...] | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
-    """Clean accuracy on the test split and the space's attacks on its first ``n_eval`` images (seeded)."""
+    """Clean accuracy on the test split and the space's attacks on its first ``n_eval`` images (seeded), on
+    ``device`` (default: where the model is; the model is moved there, the images batch by batch)."""
     bundle = bundle or load_trial_data(space)
     if attacks is None:
         attacks = space_attacks(space)
+    if device is not None:
+        model.to(device)
     model.eval()
     test_x, test_y = bundle.test.tensors
-    clean = evaluate_dataset(model, bundle.test, batch_size=256)
+    clean = evaluate_dataset(model, bundle.test, batch_size=256, device=model_device(model))
     n_eval = min(space.attacks.n_eval, len(test_y))
     evaluation = evaluate(
         model,

@@ -4,6 +4,9 @@
 #   bash scripts/dev.sh test    setup, then the whole test suite
 #   bash scripts/dev.sh demo    setup, then the offline demo sweep (real Ray, sqlite MLflow, mnist5k)
 #   bash scripts/dev.sh bench   setup, then the benchmarks in bench/ (write docs/benchmarks.md)
+#   bash scripts/dev.sh gpu-check   setup, then the GPU checks (one CUDA GPU, ~10 min): CUDA tests, quantum layer on
+#                               CUDA vs CPU vs PennyLane, hybrid training throughput, a 4-trial gpus: 0.25 sweep;
+#                               figures to docs/benchmarks.md (python -m bench.gpu_check; exit 2 without a GPU)
 # Environment: PYTHON (interpreter to build the venv from, default python3), QSHIELD_VENV (default .venv),
 # TORCH_SPEC (default "torch==2.13.0", plus torchvision==0.28.0 where nvidia-smi exists; PyPI's torch is the CUDA build),
 # PIP_EXTRA (extra pip arguments for the torch install, e.g. "--index-url https://download.pytorch.org/whl/cu128").
@@ -52,9 +55,12 @@ case "$cmd" in
     exec "$VENV/bin/qshield" demo "$@" ;;
   bench)
     setup
-    for f in bench/quantum_layer.py bench/trajectories.py bench/hybrid_epoch.py bench/orchestration.py; do
+    for f in bench/quantum_layer.py bench/trajectories.py bench/hybrid_epoch.py bench/orchestration.py bench/tracking.py; do
       m=${f%.py}; m=${m//\//.}
       echo "== python -m $m"; "$VENV/bin/python" -m "$m"
     done ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  gpu-check)
+    setup
+    exec "$VENV/bin/python" -m bench.gpu_check "$@" ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

@@ -552,13 +552,16 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(env: dict[str, A
     complete, and MLflow holds exactly one parent and one nested run per Tune trial.
     """
     n = 3
-    space_file = write_space(env["tmp"] / "resume.yaml", tiny_space("resume", num_samples=n, max_concurrent=1))
+    # 3 epochs: with one worker process running trial after trial, a 1-epoch trial takes about a second, and
+    # the kill has to land while the others still run
+    space_file = write_space(env["tmp"] / "resume.yaml", tiny_space("resume", num_samples=n, max_concurrent=1,
+                                                                     parameters={"epochs": 3}))
     exp_dir = env["storage"] / "resume"
     cmd = [sys.executable, "-m", "orchestrator.run", "--space", str(space_file), "--storage-path",
            str(env["storage"]), "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--num-cpus", "2"]
-    # Tune snapshots its experiment state every >= 10 s by default; every second here, so that the kill lands
-    # right after the first trial is recorded as finished, with the others still to run.
-    driver_env = clean_env(TUNE_GLOBAL_CHECKPOINT_S="1")
+    # Tune snapshots its experiment state every >= 10 s by default; every quarter second here, so that the kill
+    # lands right after the first trial is recorded as finished, with the others still to run.
+    driver_env = clean_env(TUNE_GLOBAL_CHECKPOINT_S="0.25")
     first_log = env["tmp"] / "first.log"
     with first_log.open("w") as log:
         driver = subprocess.Popen(cmd, cwd=ROOT, env=driver_env, stdout=log, stderr=subprocess.STDOUT)

@@ -23,9 +23,10 @@ _TUNE_KEYS = {
 
 
 class MLflowTrialCallback(tune.Callback):
-    """Logs params when a trial starts, per-epoch metrics as results arrive (each epoch once, also after a
-    resume), and on completion the final metrics, per-attack table, masking diagnostics and the trial's model as
-    an MLflow Model (:func:`orchestrator.tracking.log_trial_model`: a pyfunc LoggedModel linked to the run).
+    """Logs params when a trial starts, per-epoch metrics as results arrive (an epoch run again after a restart
+    from an earlier checkpoint is logged again, so that its latest point is the one Tune keeps), and on completion
+    the final metrics, per-attack table, masking diagnostics and the trial's model as an MLflow Model
+    (:func:`orchestrator.tracking.log_trial_model`: a pyfunc LoggedModel linked to the run).
     Run names carry the searched values (``trial 3f2a: arch=hybrid method=pgd_at``). Trials stopped early by the
     scheduler end as ``KILLED`` with ``qshield.stopped_early=true``; failed trials end as ``FAILED`` with the
     error in tag ``qshield.error``.
@@ -51,15 +52,17 @@ class MLflowTrialCallback(tune.Callback):
         if trial.trial_id not in self._runs:
             config = trial.config or {}
             label = " ".join(f"{k}={_short(config[k])}" for k in self.searched if k in config)
-            run_id = self.tracker.trial_run_id(trial.trial_id, params=config, run_name=f"trial {trial.trial_id}"
-                                               + (f": {label}" if label else ""))
-            self._runs[trial.trial_id] = run_id
-            # a resumed trial may re-report epochs already logged before the restart: log each epoch once
-            self._last_step[trial.trial_id] = self.tracker.last_step(run_id, "epoch")
+            name = f"trial {trial.trial_id}" + (f": {label}" if label else "")
+            self._runs[trial.trial_id] = self.tracker.open_trial_run(trial.trial_id, params=config, run_name=name)[0]
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._run(trial)
+        # A trial (re)starts from its latest checkpoint (Tune restores it right after this call), so every epoch it
+        # reports from now on is new work. An epoch an earlier attempt had already logged (it ran past that
+        # checkpoint before a node loss or a driver restart) is logged again: the abandoned point stays in the
+        # history (MLflow cannot delete one) and the latest point is the one Tune keeps.
+        self._last_step[trial.trial_id] = checkpoint_epoch(trial)
 
     def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._run(trial)
@@ -74,7 +77,7 @@ class MLflowTrialCallback(tune.Callback):
             self.tracker.log_metrics(run_id, metrics, step=step)
             return
         if step <= self._last_step.get(trial.trial_id, -1):
-            return  # this epoch was logged before a restart
+            return  # at or before the checkpoint this attempt started from: not run again, logged before
         self._last_step[trial.trial_id] = step
         self.tracker.log_metrics(run_id, metrics, step=step)
 
@@ -90,7 +93,8 @@ class MLflowTrialCallback(tune.Callback):
                 "qshield.flag": str(result.get("flag", ""))}
         if result.get("strongest_attack"):
             tags["qshield.strongest_attack"] = str(result["strongest_attack"])
-        self.tracker.set_tags(run_id, tags)
+        if result.get("device"):
+            tags["qshield.device"] = str(result["device"])
         if result.get("attack_table"):
             self.tracker.log_table(run_id, result["attack_table"], "attacks.json")
         if result.get("diagnostics"):
@@ -103,10 +107,10 @@ class MLflowTrialCallback(tune.Callback):
             with tempfile.TemporaryDirectory() as tmp:
                 model_dir = Path(checkpoint.to_directory(tmp)) / "model"
                 if model_dir.is_dir():
-                    model_id = self.tracker.log_model(run_id, model_dir)
-                    self.tracker.set_tags(run_id, {"qshield.model_id": model_id})
-        # last: selection reads only trials marked final, so a crash above never leaves a half-logged "final" run
-        self.tracker.set_tags(run_id, {"qshield.final": "true"})
+                    tags["qshield.model_id"] = self.tracker.log_model(run_id, model_dir)
+        # last, in one batch with the other tags: selection reads only trials marked final, so a crash above never
+        # leaves a half-logged "final" run
+        self.tracker.set_tags(run_id, {**tags, "qshield.final": "true"})
         self.tracker.finish(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -114,6 +118,14 @@ class MLflowTrialCallback(tune.Callback):
         message = _trial_error_message(trial)
         self.tracker.set_tags(run_id, {"qshield.error": message})
         self.tracker.finish(run_id, "FAILED")
+
+
+def checkpoint_epoch(trial: Any) -> int:
+    """The epoch of the checkpoint a trial (re)starts from (0: none, it starts from scratch), from the result Tune
+    recorded with that checkpoint."""
+    result = getattr(trial, "latest_checkpoint_result", None)
+    metrics = getattr(result, "metrics", None) or {}
+    return int(metrics.get("epoch", 0) or 0)
 
 
 def _short(value: Any) -> str:

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..lease import SweepLease
 from ..space import SweepSpace
@@ -20,6 +21,9 @@ from ..tracking import SweepTracker, TrackingError, resolve_tracking_uri
 from ._callbacks import error_text
 from ._summary import SweepResult, TrialRecord, summarise
 from ._tune import make_tune_config, to_tune_param_space
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from qshield.data import DatasetBundle
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,19 @@ def _check_attack_library() -> None:
         raise SweepSetupError(str(exc)) from None
 
 
+def _load_data(space: SweepSpace) -> DatasetBundle:
+    """The space's dataset, read once for the whole sweep; a missing or unreadable one stops it before Ray
+    starts."""
+    from qshield.data import DatasetFormatError
+
+    from ..trial import load_trial_data
+
+    try:
+        return load_trial_data(space)
+    except (OSError, DatasetFormatError) as exc:  # DatasetNotFoundError is a FileNotFoundError
+        raise SweepSetupError(f"dataset {space.dataset.value!r} cannot be read: {exc}") from exc
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Attach to the cluster in ``$RAY_ADDRESS`` when set, else start a local Ray (no dashboard).
 
@@ -97,6 +114,9 @@ def run_sweep(
     One live driver per sweep name (:mod:`orchestrator.lease`): the sweep's lease is taken after the storage check
     and before the tracking store or Ray is touched (:class:`~orchestrator.lease.LeaseHeldError` when another live
     driver holds it), and given back when this function ends, also on an exception.
+
+    The dataset is read here, once, before Ray starts (an unreadable one raises :class:`SweepSetupError`), and put
+    into Ray's object store; every trial trains on that snapshot (see :mod:`orchestrator.runtime._trainable`).
     """
     name = name or space.name
     storage = storage_path or space.resolved_storage_path()
@@ -111,12 +131,15 @@ def run_sweep(
 
 def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, tracking_uri: str | None,
                 experiment: str, num_cpus: int | None, verbose: int) -> SweepResult:
-    """:func:`run_sweep` once the sweep's lease is held."""
+    """:func:`run_sweep` once the sweep's lease is held: the dataset is read (an unreadable one stops the sweep
+    before the tracking store or Ray is touched), then the sweep runs."""
+    import ray
     from ray import tune
 
     from ._callbacks import MLflowTrialCallback
-    from ._trainable import qshield_trainable
+    from ._trainable import SharedData, qshield_trainable
 
+    bundle = _load_data(space)
     tracker = SweepTracker(name, experiment, tracking_uri)
     lease.check_parent_run(tracker)  # refuse a RUNNING parent fed from another storage path
     parent = tracker.parent_run_id(params={"space": space.to_dict()})
@@ -135,9 +158,12 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
         },
     )
     init_ray(num_cpus)
+    data = SharedData(ray.put(bundle))
+    del bundle  # the object store holds it now
 
     resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus}
-    trainable = tune.with_resources(tune.with_parameters(qshield_trainable, space_dict=space.to_dict()), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(qshield_trainable, space=space, data=data), resources)
     exp_path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(exp_path):
         log.info("resuming sweep %s from %s", name, exp_path)

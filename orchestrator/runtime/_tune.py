@@ -148,11 +148,13 @@ def make_scheduler(space: SweepSpace) -> TrialScheduler | None:
 
 def make_tune_config(space: SweepSpace, storage: str | None = None, study_name: str | None = None) -> TuneConfig:
     """``tune.TuneConfig`` with the search algorithm (its Optuna study in ``storage`` when given, see
-    :func:`make_search_alg`), scheduler (if any) and ``num_samples``; no metric/mode."""
+    :func:`make_search_alg`), scheduler (if any), ``num_samples`` and ``reuse_actors=True``; no metric/mode."""
     from ray import tune
 
     kwargs: dict[str, Any] = {"search_alg": make_search_alg(space, storage=storage, study_name=study_name),
-                              "num_samples": space.num_samples}
+                              "num_samples": space.num_samples,
+                              # one actor (worker process) runs trial after trial: imports and the dataset once
+                              "reuse_actors": True}
     scheduler = make_scheduler(space)
     if scheduler is not None:
         kwargs["scheduler"] = scheduler

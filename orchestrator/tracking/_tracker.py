@@ -7,6 +7,11 @@ tangle their runs. Runs are found again by tags:
 * trial:  ``qshield.role = trial``, ``qshield.sweep = <sweep name>`` and ``qshield.trial_id = <Tune trial id>``
   (Tune keeps trial ids across ``Tuner.restore``), with ``mlflow.parentRunId`` pointing at the parent.
 
+Per-trial cost stays flat as a sweep grows: a tracker searches the sweep's trial runs by tag once (the first time
+it needs a trial run: after a restart, the runs an earlier driver created) and from then on keeps the index
+itself, adding the runs it creates; a run it has just created is not read back (no params to compare, no metric
+history). This relies on one writer per sweep, which the sweep's driver is.
+
 Default tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` in the working directory
 (MLflow >= 3.13 refuses a plain local file store).
 """
@@ -155,10 +160,13 @@ class SweepTracker:
         self.experiment_name = experiment
         self._experiment_id: str | None = None
         self._parent_id: str | None = None
+        self._trial_index: dict[str, str] | None = None  # trial id -> run id, once searched (see the module doc)
+        self._env_tags: dict[str, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
         state = dict(self.__dict__)
         state.pop("client", None)
+        state["_trial_index"] = None  # an unpickled tracker (a restored driver) searches again
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -215,10 +223,25 @@ class SweepTracker:
             return exp.experiment_id
 
     def _find(self, filter_string: str) -> list[Any]:
-        return self._call(
-            "search runs",
-            lambda: self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000),
-        )
+        """Every run of the experiment matching ``filter_string`` (all pages)."""
+        runs: list[Any] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                "search runs",
+                lambda t=token: self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                                        max_results=1000, page_token=t),
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def environment_tags(self) -> dict[str, str]:
+        """:func:`run_environment_tags`, computed once per tracker (it runs ``git`` and reads package metadata)."""
+        if self._env_tags is None:
+            self._env_tags = run_environment_tags()
+        return dict(self._env_tags)
 
     # -- parent -----------------------------------------------------------------------------------------------
     def parent_run_id(self, params: Mapping[str, Any] | None = None) -> str:
@@ -229,49 +252,72 @@ class SweepTracker:
                 self._parent_id = found
                 self._call("reopen parent run", lambda: self.client.update_run(found, status="RUNNING"))
             else:
-                tags = {ROLE: "sweep", SWEEP: self.sweep, **run_environment_tags()}
+                tags = {ROLE: "sweep", SWEEP: self.sweep, **self.environment_tags()}
                 run = self._call(
                     "create parent run",
                     lambda: self.client.create_run(self.experiment_id, run_name=f"sweep {self.sweep}", tags=tags),
                 )
                 self._parent_id = run.info.run_id
                 if params:
-                    self.log_params(self._parent_id, params)
+                    self.log_params(self._parent_id, params, new_run=True)
         return self._parent_id
 
-    def find_parent_run_id(self) -> str | None:
-        """The sweep's existing parent run (found by tags), or None; never creates or reopens a run."""
+    def find_parent_run(self) -> Any | None:
+        """The sweep's existing parent run (an MLflow ``Run``, found by tags: status, tags, params), or None; never
+        creates or reopens a run."""
         runs = self._find(f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP}` = '{quote(self.sweep)}'")
-        return runs[0].info.run_id if runs else None
+        return runs[0] if runs else None
+
+    def find_parent_run_id(self) -> str | None:
+        """The id of :meth:`find_parent_run`, or None."""
+        run = self.find_parent_run()
+        return run.info.run_id if run is not None else None
 
     # -- trials -----------------------------------------------------------------------------------------------
     def trial_run_id(self, trial_id: str, params: Mapping[str, Any] | None = None, run_name: str | None = None) -> str:
         """The nested run of a Tune trial; an existing one is reused (no duplicates when a sweep resumes)."""
+        return self.open_trial_run(trial_id, params, run_name)[0]
+
+    def open_trial_run(
+        self, trial_id: str, params: Mapping[str, Any] | None = None, run_name: str | None = None
+    ) -> tuple[str, bool]:
+        """``(run id, created)``: the trial's existing run reopened (``RUNNING``), or a new one created with
+        ``params`` (``created`` True: it holds nothing else yet)."""
         parent = self.parent_run_id()
-        runs = self._find(
-            f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{quote(self.sweep)}' and tags.`{TRIAL}` = '{quote(trial_id)}'"
-        )
-        if runs:
-            run_id = runs[0].info.run_id
+        index = self._trial_runs_index()
+        run_id = index.get(trial_id)
+        if run_id is not None:
             self._call("reopen trial run", lambda: self.client.update_run(run_id, status="RUNNING"))
-            return run_id
-        tags = {ROLE: "trial", SWEEP: self.sweep, TRIAL: trial_id, PARENT: parent, **run_environment_tags()}
+            return run_id, False
+        tags = {ROLE: "trial", SWEEP: self.sweep, TRIAL: trial_id, PARENT: parent, **self.environment_tags()}
         run = self._call(
             "create trial run",
             lambda: self.client.create_run(self.experiment_id, run_name=run_name or f"trial {trial_id}", tags=tags),
         )
+        index[trial_id] = run.info.run_id
         if params:
-            self.log_params(run.info.run_id, params)
-        return run.info.run_id
+            self.log_params(run.info.run_id, params, new_run=True)
+        return run.info.run_id, True
+
+    def _trial_runs_index(self) -> dict[str, str]:
+        """``{trial id: run id}`` of this sweep's trial runs: searched once, then kept up to date by this tracker
+        (should a trial id ever have two runs, the first in MLflow's search order, as a search by its id would)."""
+        if self._trial_index is None:
+            index: dict[str, str] = {}
+            for run in self.trial_runs():
+                index.setdefault(run.data.tags.get(TRIAL, ""), run.info.run_id)
+            self._trial_index = index
+        return self._trial_index
 
     def trial_runs(self) -> list[Any]:
         """All trial runs of this sweep (MLflow ``Run`` objects)."""
         return self._find(f"tags.`{ROLE}` = 'trial' and tags.`{SWEEP}` = '{quote(self.sweep)}'")
 
     # -- logging ----------------------------------------------------------------------------------------------
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        """Log (flattened) params; params already logged with the same value are skipped (resume-safe)."""
-        existing = self._call("read run", lambda: self.client.get_run(run_id)).data.params
+    def log_params(self, run_id: str, params: Mapping[str, Any], *, new_run: bool = False) -> None:
+        """Log (flattened) params; params already logged are skipped (resume-safe). ``new_run``: the run was
+        just created and holds no params (skips reading it back)."""
+        existing = {} if new_run else self._call("read run", lambda: self.client.get_run(run_id)).data.params
         batch = []
         for k, v in flatten(params).items():
             value = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
@@ -318,11 +364,6 @@ class SweepTracker:
 
         frame = pd.DataFrame(list(rows))
         self._call("log table", lambda: self.client.log_table(run_id, frame, artifact_file))
-
-    def last_step(self, run_id: str, key: str) -> int:
-        """The largest step logged for metric ``key`` of a run (-1 when none): where a resumed trial's series ends."""
-        history = self._call("read metric history", lambda: self.client.get_metric_history(run_id, key))
-        return max((int(m.step) for m in history), default=-1)
 
     def log_model(self, run_id: str, model_dir: str | os.PathLike) -> str:
         """Log a trial's model directory as the run's MLflow Model (pyfunc, from code); returns its model id."""
