@@ -559,6 +559,22 @@ sys.exit(main(argv))
 """
 
 
+def outputs_message(codes: list[int | None], texts: list[str]) -> str:
+    """The exit statuses of processes and their outputs, a failed process's exception and whole output (stdout and
+    stderr: its traceback) first: a CI log cuts the middle of a long assertion message."""
+    failed = [i for i, code in enumerate(codes) if code not in (0, None)]
+
+    def exception(text: str) -> str:
+        lines = [line for line in text.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"(error: |[\w.]+(Error|Exception)\b)", line)]
+        return (errors or lines or ["(no output)"])[-1]
+
+    return "\n---\n".join([
+        f"exit statuses {codes}; " + "; ".join(f"process {i}: {exception(texts[i])}" for i in failed),
+        *(f"process {i} (exit {codes[i]}), its whole output:\n{texts[i]}" for i in failed),
+        *(f"process {i} (exit {codes[i]}):\n{texts[i]}" for i in range(len(codes)) if i not in failed)])
+
+
 def select_at_once(tmp: Path, argv: list[str], count: int, env_: dict[str, str]) -> list[str]:
     """Run ``qshield select ARGV`` in ``count`` processes released at once; their outputs (each must exit 0)."""
     go = tmp / f"select-go-{uuid.uuid4().hex[:6]}"
@@ -571,7 +587,8 @@ def select_at_once(tmp: Path, argv: list[str], count: int, env_: dict[str, str])
     try:
         deadline = time.monotonic() + 120
         while not all("READY" in out.read_text() for out in outs):
-            assert all(p.poll() is None for p in procs), "\n".join(o.read_text() for o in outs)
+            assert all(p.poll() is None for p in procs), \
+                outputs_message([p.poll() for p in procs], [o.read_text() for o in outs])
             assert time.monotonic() < deadline, "select processes not ready in 120 s"
             time.sleep(0.05)
         go.touch()
@@ -583,7 +600,7 @@ def select_at_once(tmp: Path, argv: list[str], count: int, env_: dict[str, str])
                 p.kill()
                 p.wait()
     texts = [o.read_text() for o in outs]
-    assert [p.returncode for p in procs] == [0] * count, "\n---\n".join(texts)
+    assert [p.returncode for p in procs] == [0] * count, outputs_message([p.returncode for p in procs], texts)
     return texts
 
 

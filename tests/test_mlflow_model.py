@@ -197,3 +197,57 @@ def test_use_tracking_uri_puts_mlflows_process_state_back(monkeypatch: pytest.Mo
     assert mlflow.get_tracking_uri() == before == os.environ["MLFLOW_TRACKING_URI"]
     assert "MLFLOW_REGISTRY_URI" not in os.environ
     assert MlflowClient(f"sqlite:///{tmp_path / 'other.db'}")._registry_uri.endswith("other.db")
+
+
+def test_select_that_loses_the_race_to_tag_and_alias_the_new_version_retries_and_converges(
+    registered: dict[str, Any], tmp_path: Path
+) -> None:
+    """Selections racing each other (``qshield select`` several times at once, issue 15) tag the same new version
+    and set the same alias at the same moment. MLflow's sqlite store reads, then inserts such a row, so a selection
+    whose insert comes second fails with ``UNIQUE constraint failed`` (CI: one of three racers exited 1). Here the
+    other selection is a second real sqlite connection that writes the same row, committed, just before this
+    selection's own insert of its ``qshield.rule`` tag and of its ``champion`` alias: both writes must be done
+    again (the tracker's retry) and the selection end as if it had been alone."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from orchestrator.tracking import CHAMPION, select_champion
+
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    tracker = SweepTracker("racing", "qshield-race", uri, retries=0)
+    parent = tracker.parent_run_id()
+    run_id = tracker.trial_run_id("t0")
+    model_id = tracker.log_model(run_id, registered["tmp"] / "model")
+    tracker.set_tags(run_id, {"qshield.final": "true", "qshield.model_id": model_id})
+    tracker.log_metrics(run_id, {"accuracy": 0.9, "robust_accuracy": 0.5})
+    tracker.finish(run_id)
+    tracker.finish(parent)
+
+    targets = {"model_version_tags": "qshield.rule", "registered_model_aliases": CHAMPION}
+    injected: list[str] = []
+
+    def other_selection(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        table = next((t for t in targets if statement.startswith(f"INSERT INTO {t} ")), None)
+        if (table is None or many or table in injected or conn.engine.url.database != str(database)
+                or targets[table] not in parameters):
+            return
+        injected.append(table)
+        with sqlite3.connect(database) as other:  # the racer: the same row, committed first
+            other.execute(statement, parameters)
+
+    event.listen(Engine, "before_cursor_execute", other_selection)
+    try:
+        selection = select_champion("racing", model_name="raced", experiment="qshield-race", tracking_uri=uri,
+                                    verify=False)
+    finally:
+        event.remove(Engine, "before_cursor_execute", other_selection)
+    assert sorted(injected) == sorted(targets)  # both races happened
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions("name = 'raced'")
+    assert (str(selection.version), selection.run_id) == (str(version.version), run_id) == ("1", run_id)
+    assert version.tags["qshield.rule"] == "robust_floor" and version.tags["qshield.reason"] == selection.reason
+    assert str(client.get_model_version_by_alias("raced", CHAMPION).version) == "1"
+    assert client.get_run(parent).data.tags["qshield.champion_model"] == "models:/raced/1"

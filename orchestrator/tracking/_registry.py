@@ -15,7 +15,10 @@ The champion's robustness card is made above this layer (:mod:`orchestrator.view
 
 Selecting is idempotent: a run already registered under the model name reuses its version (two selections
 racing each other converge on the lowest version number; the other is deleted), so re-running ``select`` never
-adds a duplicate version; selections racing to create the registered model itself use the one that won.
+adds a duplicate version; selections racing to create the registered model itself use the one that won. Every
+registry call goes through the tracker's retry (:func:`~orchestrator.tracking._tracker.call_mlflow`): racers that
+tag the same version or set the same alias at once make one of them fail with a unique-constraint error, which
+is retried (then it updates the row the other inserted).
 """
 
 from __future__ import annotations
@@ -137,10 +140,9 @@ def select_champion(
         raise SelectionError(f"sweep {sweep!r}: {exc}") from exc
     runner_up = _challenger(points, directions, constraints, ids, best, rule, options)
     name = model_name or f"qshield-{sweep}"
-    client = tracker.client
     with use_tracking_uri(tracker.tracking_uri):
-        _ensure_registered_model(client, name, sweep)  # issue 15: two selections at once both create it
-        champion = _register(client, name, runs[best], points[best], rule, reason, sweep)
+        _ensure_registered_model(tracker, name, sweep)  # issue 15: two selections at once both create it
+        champion = _register(tracker, name, runs[best], points[best], rule, reason, sweep)
         selection = Selection(name, champion.version, runs[best].info.run_id, rule,
                               {k: points[best][k] for k in directions}, reason, ids[best])
         if verify:
@@ -148,14 +150,14 @@ def select_champion(
                 selection.verified = verify_version(name, champion.version, runs[best], tracker.tracking_uri,
                                                     tolerance)
             except Exception:
-                client.set_model_version_tag(name, champion.version, "qshield.verification", "failed")
+                _set_version_tag(tracker, name, champion.version, "qshield.verification", "failed")
                 raise
-            client.set_model_version_tag(name, champion.version, "qshield.verification", "passed")
-        client.set_registered_model_alias(name, CHAMPION, champion.version)
+            _set_version_tag(tracker, name, champion.version, "qshield.verification", "passed")
+        _set_alias(tracker, name, CHAMPION, champion.version)
         if runner_up is not None:
             j, challenger_rule, why = runner_up
-            challenger = _register(client, name, runs[j], points[j], challenger_rule, why, sweep)
-            client.set_registered_model_alias(name, CHALLENGER, challenger.version)
+            challenger = _register(tracker, name, runs[j], points[j], challenger_rule, why, sweep)
+            _set_alias(tracker, name, CHALLENGER, challenger.version)
             selection.challenger_version, selection.challenger_reason = challenger.version, why
     _record_on_parent(tracker, parent_id, selection, runs[best])
     return selection
@@ -209,20 +211,40 @@ def _record_on_parent(tracker: SweepTracker, parent_id: str, sel: Selection, run
     tracker.log_metrics(parent_id, {f"champion_{k}": run.data.metrics[k] for k in keys})
 
 
-def _ensure_registered_model(client: Any, name: str, sweep: str) -> None:
+def _ensure_registered_model(tracker: SweepTracker, name: str, sweep: str) -> None:
     """Create registered model ``name`` unless it exists; a selection that loses the race to create it (MLflow
     answers ``RESOURCE_ALREADY_EXISTS``) uses the one the other created."""
-    try:
-        client.get_registered_model(name)
-        return
-    except MlflowException:
-        pass
-    try:
-        client.create_registered_model(name, tags={"qshield.sweep": sweep},
-                                       description=f"Champion of sweep {sweep} (qshield)")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    client = tracker.client
+
+    def ensure() -> None:
+        try:
+            client.get_registered_model(name)
+            return
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        try:
+            client.create_registered_model(name, tags={"qshield.sweep": sweep},
+                                           description=f"Champion of sweep {sweep} (qshield)")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    tracker._call(f"create registered model {name!r}", ensure)
+
+
+def _set_version_tag(tracker: SweepTracker, name: str, version: str, key: str, value: str) -> None:
+    """Tag version ``version`` of ``name``. Selections racing each other tag the same version at the same moment:
+    MLflow reads, then inserts the tag, so one of them can fail with a unique-constraint error; the tracker's retry
+    (:func:`~orchestrator.tracking._tracker.call_mlflow`) does it again, and then it updates the row."""
+    tracker._call(f"tag version {version} of {name!r}",
+                  lambda: tracker.client.set_model_version_tag(name, version, key, value))
+
+
+def _set_alias(tracker: SweepTracker, name: str, alias: str, version: str) -> None:
+    """Point alias ``alias`` of ``name`` at ``version`` (racing selections: as :func:`_set_version_tag`)."""
+    tracker._call(f"set alias {alias!r} of {name!r}",
+                  lambda: tracker.client.set_registered_model_alias(name, alias, version))
 
 
 def _model_id(run: Any) -> str:
@@ -238,31 +260,35 @@ def _model_id(run: Any) -> str:
     return str(model_id)
 
 
-def _register(client: Any, name: str, run: Any, point: dict[str, float], rule: str, reason: str, sweep: str) -> Any:
+def _register(tracker: SweepTracker, name: str, run: Any, point: dict[str, float], rule: str, reason: str,
+              sweep: str) -> Any:
     """The version of ``name`` for ``run``: the existing one if the run is already registered (idempotent),
     else a new one from the run's LoggedModel. Concurrent callers converge on the lowest version number."""
     run_id = run.info.run_id
-    existing = _versions_of(client, name, run_id)
+    client = tracker.client
+    existing = _versions_of(tracker, name, run_id)
     if existing:
         version = existing[0]
     else:
         model_id = _model_id(run)
         tags = {f"objective.{k}": f"{v:.6g}" for k, v in point.items()}
         tags.update({"qshield.sweep": sweep, "qshield.trial_id": run.data.tags.get(TRIAL, "")})
-        created = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
-                                              model_id=model_id)
-        versions = _versions_of(client, name, run_id)
+        created = tracker._call(f"register run {run_id} as a version of {name!r}", lambda: client.create_model_version(
+            name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id))
+        versions = _versions_of(tracker, name, run_id)
         version = versions[0]
         if created.version != version.version:  # another selection registered the run first: keep theirs
-            client.delete_model_version(name, created.version)
-    client.set_model_version_tag(name, version.version, "qshield.rule", rule)
-    client.set_model_version_tag(name, version.version, "qshield.reason", reason[:5000])
+            tracker._call(f"delete duplicate version {created.version} of {name!r}",
+                          lambda: client.delete_model_version(name, created.version))
+    _set_version_tag(tracker, name, version.version, "qshield.rule", rule)
+    _set_version_tag(tracker, name, version.version, "qshield.reason", reason[:5000])
     return version
 
 
-def _versions_of(client: Any, name: str, run_id: str) -> list[Any]:
+def _versions_of(tracker: SweepTracker, name: str, run_id: str) -> list[Any]:
     """Versions of ``name`` registered from ``run_id``, lowest version first."""
-    found = client.search_model_versions(f"name = '{quote(name)}' and run_id = '{quote(run_id)}'")
+    found = tracker._call(f"search the versions of {name!r}", lambda: tracker.client.search_model_versions(
+        f"name = '{quote(name)}' and run_id = '{quote(run_id)}'"))
     return sorted(found, key=lambda v: int(v.version))
 
 

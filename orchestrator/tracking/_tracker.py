@@ -131,6 +131,27 @@ class TrackingError(RuntimeError):
     """The tracking server could not be reached after retries; nothing was silently dropped."""
 
 
+def call_mlflow(what: str, fn: Callable[[], T], tracking_uri: str, *, retries: int = 5, backoff_s: float = 1.0) -> T:
+    """``fn()`` (one call to the MLflow tracking server or Model Registry), retried ``retries`` times with exponential
+    backoff from ``backoff_s`` while it fails transiently (:func:`_is_transient`); then, or at once when the failure
+    is not transient, a :class:`TrackingError` naming ``what`` and ``tracking_uri`` (caused by the last failure).
+    The one retry loop of qshield's MLflow calls: the sweep's runs (:class:`SweepTracker`) and the registry writes
+    of ``qshield select`` and the robustness card."""
+    delay = backoff_s
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (MlflowException, OSError, ConnectionError) as exc:
+            if attempt == retries or not _is_transient(exc):
+                raise TrackingError(
+                    f"MLflow at {tracking_uri} failed to {what} after {attempt + 1} attempt(s): {exc}"
+                ) from exc
+            log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class SweepTracker:
     """Creates and finds the MLflow runs of one sweep.
 
@@ -176,19 +197,7 @@ class SweepTracker:
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         check_lease(self.sweep)  # issue 15: a driver that lost its sweep's lease writes nothing more
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn()
-            except (MlflowException, OSError, ConnectionError) as exc:
-                if attempt == self.retries or not _is_transient(exc):
-                    raise TrackingError(
-                        f"MLflow at {self.tracking_uri} failed to {what} after {attempt + 1} attempt(s): {exc}"
-                    ) from exc
-                log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+        return call_mlflow(what, fn, self.tracking_uri, retries=self.retries, backoff_s=self.backoff_s)
 
     @property
     def experiment_id(self) -> str:
@@ -380,8 +389,18 @@ def quote(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
+#: what a database says when two writers inserted the same row at once (sqlite, PostgreSQL, MySQL, SQL Server)
+_LOST_INSERT_RACE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry",
+                     "Violation of PRIMARY KEY constraint", "Violation of UNIQUE KEY constraint")
+
+
 def _is_transient(exc: BaseException) -> bool:
-    """Connection problems and server errors are retried; bad requests are not."""
+    """Connection problems, server errors and a locked database are retried; bad requests are not, except one: a
+    write that lost a race to insert the same row (MLflow's ``set_model_version_tag`` and
+    ``set_registered_model_alias`` read, then insert or update: two callers setting the same tag or alias of a new
+    version at once both insert, and the second fails with the database's unique-constraint error, ``BAD_REQUEST``).
+    Done again, such a write finds the row and updates it. A create that finds its resource made meanwhile is
+    ``RESOURCE_ALREADY_EXISTS``: not transient (the callers use the existing one)."""
     if isinstance(exc, (OSError, ConnectionError)):
         return True
     code = getattr(exc, "error_code", "") or ""
@@ -391,4 +410,5 @@ def _is_transient(exc: BaseException) -> bool:
         or "Max retries exceeded" in text
         or "Connection" in text
         or "database is locked" in text
+        or (code == "BAD_REQUEST" and any(marker in text for marker in _LOST_INSERT_RACE))
     )

@@ -54,7 +54,7 @@ from ._probe import (
     resolve_ref,
     test_data,
 )
-from ..tracking import resolve_tracking_uri
+from ..tracking import call_mlflow, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -487,8 +487,9 @@ def make_card(model_uri: str, tracking_uri: str | None = None, *, out: str | Pat
             client.log_artifacts(card.model.run_id, str(target), CARD_DIR)
             uri = f"runs:/{card.model.run_id}/{CARD_DIR}/{page.name}"
             ref = resolve_ref(client, model_uri)
-            if ref.name is not None:
-                client.set_model_version_tag(ref.name, ref.version, CARD_TAG, uri)
+            if ref.name is not None:  # selections racing each other tag the same version at once: retried
+                call_mlflow(f"tag {model_uri} with its card", lambda: client.set_model_version_tag(
+                    ref.name, ref.version, CARD_TAG, uri), tracking_uri)
     return CardResult(Path(out) if out is not None else None, card, uri)
 
 
@@ -736,9 +737,11 @@ def champion_card(selection: Any, tracking_uri: str) -> str | None:
     """The robustness card of a selection's champion (made once per version; kept when it exists), recorded in
     ``selection.card``. A failure is logged as a warning and recorded in the version's ``qshield.card`` tag; the
     registration stands."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
     name, version = selection.model_name, str(selection.version)
-    existing = client.get_model_version(name, version).tags.get(CARD_TAG, "")
+    existing = call_mlflow(f"read models:/{name}/{version}", lambda: client.get_model_version(name, version),
+                           tracking_uri).tags.get(CARD_TAG, "")
     if existing.startswith("runs:/"):
         selection.card = existing
         return existing
@@ -748,7 +751,8 @@ def champion_card(selection: Any, tracking_uri: str) -> str | None:
         message = f"failed: {type(exc).__name__}: {exc}"
         log.warning("robustness card of models:/%s/%s %s (the registration stands; retry with "
                     "`qshield card models:/%s/%s`)", name, version, message, name, version)
-        client.set_model_version_tag(name, version, CARD_TAG, message[:5000])
+        call_mlflow(f"tag models:/{name}/{version} with its card's failure", lambda: client.set_model_version_tag(
+            name, version, CARD_TAG, message[:5000]), tracking_uri)
         selection.card = None
     return selection.card
 
