@@ -118,3 +118,31 @@ def test_a_trial_without_a_finite_objective_is_kept_but_not_ranked():
     result = _result([broken, _trial("ok", "cnn", "standard", 950, 10)])
     assert [result.finished()[i].trial_id for i in result.front] == ["ok"]
     assert result.finished()[result.champion].trial_id == "ok"
+
+
+def test_the_summary_ends_the_runs_of_trials_the_restored_experiment_does_not_know(tmp_path):
+    """A real sqlite MLflow store: the sweep's trial runs ``a`` and ``b`` are Tune's (one finished, one failed and
+    still to be ended by the callback's own path), ``c`` was started by a killed driver after Tune's last snapshot
+    and ``d`` is an older run that already ended. Summarising ends ``c`` only: KILLED, tagged abandoned; the others
+    keep their status."""
+    from mlflow import MlflowClient
+
+    from orchestrator.runtime._summary import ABANDONED
+    from orchestrator.tracking import TRIAL, SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker("demo", "qshield-test", uri, retries=0)
+    parent = tracker.parent_run_id()
+    ids = {tid: tracker.trial_run_id(tid) for tid in "abcd"}
+    tracker.finish(ids["a"], "FINISHED")
+    tracker.finish(ids["d"], "FAILED")
+    result = SweepResult("demo", str(tmp_path), uri, parent, {"accuracy": "max", "robust_accuracy": "max"})
+    result.trials = [_trial("a", "cnn", "standard", 900, 100),
+                     TrialRecord("b", "error", {"arch": "cnn"}, {}, error="boom")]
+    summarise(result, tracker)
+    client = MlflowClient(uri)
+    runs = {r.data.tags[TRIAL]: r for r in tracker.trial_runs()}
+    status = {tid: client.get_run(ids[tid]).info.status for tid in "abcd"}
+    assert status == {"a": "FINISHED", "b": "RUNNING", "c": "KILLED", "d": "FAILED"}
+    assert [tid for tid, r in runs.items() if ABANDONED in r.data.tags] == ["c"]
+    assert client.get_run(parent).info.status == "FINISHED"

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from ..scoring import NoFeasiblePointError, choose, knee_point, pareto_front
 from ..space import Arch
-from ..tracking import SweepTracker
+from ..tracking import TRIAL, SweepTracker
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,9 @@ def summarise(result: SweepResult, tracker: SweepTracker | None = None) -> None:
             result.quantum_gain = quantum_gain(result, choosable)
     if tracker is None:
         return
-    runs = {r.data.tags.get("qshield.trial_id"): r.info.run_id for r in tracker.trial_runs()}
+    trial_runs = tracker.trial_runs()
+    close_abandoned(tracker, trial_runs, {t.trial_id for t in result.trials})
+    runs = {r.data.tags.get(TRIAL): r.info.run_id for r in trial_runs}
     rows = [trial_row(t, i in result.front, i == result.champion, runs.get(t.trial_id)) for i, t in enumerate(done)]
     rows += [trial_row(t, False, False, runs.get(t.trial_id)) for t in result.trials if t.status != "finished"]
     if rows:
@@ -266,6 +268,30 @@ def summarise(result: SweepResult, tracker: SweepTracker | None = None) -> None:
          "pareto_front_size": len(result.front)},
     )
     tracker.finish(result.parent_run_id, "FINISHED")
+
+
+#: tag of a trial run whose trial Tune's restored experiment does not know (see :func:`close_abandoned`)
+ABANDONED = "qshield.abandoned"
+
+
+def close_abandoned(tracker: SweepTracker, trial_runs: list[Any], known: set[str]) -> list[str]:
+    """End as ``KILLED``, tagged :data:`ABANDONED`, the sweep's trial runs still ``RUNNING`` whose trial the sweep's
+    Tune experiment does not hold; returns their trial ids.
+
+    Such a run is left by a driver killed between starting a trial and Tune's next snapshot of its state: the
+    restored experiment has no record of that trial, so its searcher suggests a fresh one (a new trial id) and
+    nothing would ever end the old run. It keeps what it logged; selection reads only finished runs.
+    """
+    abandoned = [r for r in trial_runs if r.info.status == "RUNNING" and r.data.tags.get(TRIAL) not in known]
+    for run in abandoned:
+        tracker.set_tags(run.info.run_id, {ABANDONED: "true: its driver was killed before Tune recorded the trial; "
+                                                      "the resumed sweep ran a fresh trial instead"})
+        tracker.finish(run.info.run_id, "KILLED")
+    if abandoned:
+        log.warning("sweep %s: %d trial run(s) of a killed driver that Tune never recorded ended as KILLED (%s): %s",
+                    tracker.sweep, len(abandoned), ABANDONED,
+                    ", ".join(str(r.data.tags.get(TRIAL)) for r in abandoned))
+    return [str(r.data.tags.get(TRIAL)) for r in abandoned]
 
 
 def _finite(value: Any) -> bool:
