@@ -159,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.func in _SMALL_DOWNLOADS:
+        # these commands download a model's few small files many times over (re-verification, card): MLflow's
+        # per-download progress bar would print a line each; a user who wants them sets the variable to true
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # this command's own process only
     return int(args.func(args))
+
+
+#: commands whose MLflow downloads are a model's small files (see :func:`main`)
+_SMALL_DOWNLOADS = (run_from_args, cmd_select, cmd_card, cmd_demo)
 
 
 if __name__ == "__main__":
