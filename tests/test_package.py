@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 import subprocess
 import sys
 import sysconfig
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -58,6 +61,7 @@ def test_the_wheel_carries_the_spaces_and_the_model_code_and_nothing_else(wheel:
     shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("orchestrator/search_spaces/")}
     assert {p.name for p in (ROOT / "orchestrator" / "search_spaces").glob("*.yaml")} == shipped
     assert "orchestrator/tracking/pyfunc_classifier.py" in names
+    assert "orchestrator/views/static/index.html" in names  # the page of `qshield app`
     assert any(n.startswith("qshield/quantum/") for n in names)
     assert not [n for n in names if n.startswith(("tests/", "k8s/", "bench/", "docs/", "experiments/"))]
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
@@ -111,9 +115,43 @@ def test_the_installed_wheel_is_imported_not_the_checkout(installed: dict[str, P
 @pytest.mark.slow
 def test_qshield_demo_runs_from_any_folder_with_the_installed_wheel(installed: dict[str, Path]) -> None:
     """One trial of the shipped demo space (its first point: the classical control), champion registered from
-    the folder the command runs in; everything it writes lands in its output folder."""
+    the folder the command runs in; everything it writes lands in its output folder. Then the wheel's
+    ``qshield app`` serves its page over that registry."""
     out = _run(installed, "qshield", "demo", "--num-samples", "1", "--workdir", "out", timeout=900)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     assert "champion: models:/qshield-demo@champion = version 1" in out.stdout
     assert sorted(p.name for p in installed["cwd"].iterdir()) == ["out"]
     assert {"mlflow.db", "optuna.db", "mlartifacts", "ray_results"} <= {p.name for p in (installed["cwd"] / "out").iterdir()}
+
+    # the installed wheel's `qshield app` serves its page and lists the champion the demo registered
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "QSHIELD_APP_USER", "QSHIELD_APP_PASSWORD")}
+    env["PATH"] = f"{installed['venv'] / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    log = installed["cwd"].parent / "app.log"
+    with log.open("w") as f:
+        app = subprocess.Popen(["qshield", "app", "--tracking-uri", "sqlite:///out/mlflow.db", "--port", str(port)],
+                               cwd=installed["cwd"], env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert app.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "qshield app did not answer within 120 s:\n" + log.read_text()
+                time.sleep(0.5)
+        assert 'id="run"' in page
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=60) as response:
+            models = response.read().decode()
+        assert "qshield-demo" in models and "champion" in models, models
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
