@@ -29,6 +29,7 @@ from orchestrator.runtime import to_tune_param_space
 from orchestrator.space import SweepSpace, parse_space
 from orchestrator.trial import MODEL_FILE, run_trial
 from qshield.models import load_model
+from tests.test_sweep import TrialStub
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "determinism"
@@ -130,17 +131,6 @@ def test_same_seed_and_config_give_identical_metrics_on_cpu() -> None:
 # qshield rerun
 
 
-class _Trial:
-    """The parts of ``ray.tune.experiment.Trial`` that MLflowTrialCallback reads."""
-
-    def __init__(self, trial_id: str, config: dict[str, Any]) -> None:
-        self.trial_id = trial_id
-        self.config = config
-        self.last_result: dict[str, Any] = {}
-        self.checkpoint: Any = None
-        self.error_file = None
-
-
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One trial run and logged to a fresh sqlite store exactly as a sweep's Tune callback logs it."""
@@ -159,7 +149,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         params, space = tiny()
         callback = MLflowTrialCallback(tracker)
         callback.setup()
-        trial = _Trial("det_00000", params)
+        trial = TrialStub("det_00000", params)
         callback.on_trial_start(0, [], trial)
         checkpoints = tmp / "checkpoints"
 

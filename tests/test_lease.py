@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -63,10 +62,9 @@ from tests.test_sweep import (
     EXPERIMENT,
     ROOT,
     clean_env,
-    descendants,
     free_port,
-    kill_recorded,
     runs_of,
+    stop_ray_head,
     tune_trial_states,
     write_space,
 )
@@ -456,26 +454,8 @@ def test_drivers_started_together_on_a_fresh_sqlite_store_create_it_once(tmp_pat
     (``orchestrator.tracking.mlflow_client``) all three here open it, and agree on one experiment (created once,
     found by the others or, when they race to create it, taken from the winner)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    go = tmp_path / "go"
-    outs = [tmp_path / f"first-{i}.out" for i in range(3)]
-    procs = []
-    for i, out in enumerate(outs):
-        with out.open("w") as f:
-            procs.append(subprocess.Popen([sys.executable, "-c", FIRST_CONTACT, str(go), uri, f"s{i}"], stdout=f,
-                                          stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
-    try:
-        deadline = time.monotonic() + 120
-        while not all("READY" in o.read_text() for o in outs):
-            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [o.read_text() for o in outs]
-            time.sleep(0.05)
-        go.touch()
-        codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    texts = [o.read_text() for o in outs]
+    codes, texts = released_together(tmp_path, FIRST_CONTACT, [[uri, f"s{i}"] for i in range(3)],
+                                     {**os.environ, "PYTHONPATH": str(ROOT)}, wait_s=120)
     assert codes == [0] * 3, "\n---\n".join(texts)
     experiments = {re.search(r"EXPERIMENT (\S+)", t).group(1) for t in texts}
     assert len(experiments) == 1, texts  # one experiment, created once (the others found it)
@@ -508,15 +488,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             time.sleep(0.5)
         yield {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"}
     finally:
-        recorded |= descendants(head.pid)
-        head.send_signal(signal.SIGTERM)  # --block: the head stops the processes it started
-        try:
-            head.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        kill_recorded(recorded)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray_head(head, recorded, temp_dir)
 
 
 def driver_cmd(space_file: Path, storage: Path, uri: str, *extra: str) -> list[str]:
@@ -575,32 +547,40 @@ def outputs_message(codes: list[int | None], texts: list[str]) -> str:
         *(f"process {i} (exit {codes[i]}):\n{texts[i]}" for i in range(len(codes)) if i not in failed)])
 
 
-def select_at_once(tmp: Path, argv: list[str], count: int, env_: dict[str, str]) -> list[str]:
-    """Run ``qshield select ARGV`` in ``count`` processes released at once; their outputs (each must exit 0)."""
-    go = tmp / f"select-go-{uuid.uuid4().hex[:6]}"
-    outs = [tmp / f"select-{i}-{go.name}.out" for i in range(count)]
+def released_together(tmp: Path, script: str, args: list[list[str]], env_: dict[str, str],
+                      wait_s: float = 300) -> tuple[list[int | None], list[str]]:
+    """Run ``python -c SCRIPT GO *ARGS`` once per entry of ``args``, from the repository root, and release them at
+    the same moment: each prints ``READY`` and then waits for the file ``GO``, created once all are ready. Returns
+    their exit statuses and outputs (stdout and stderr)."""
+    go = tmp / f"go-{uuid.uuid4().hex[:6]}"
+    outs = [tmp / f"{go.name}-{i}.out" for i in range(len(args))]
     procs = []
-    for i, out in enumerate(outs):
+    for out, extra in zip(outs, args):
         with out.open("w") as f:
-            procs.append(subprocess.Popen([sys.executable, "-c", SELECT, str(go), f"warm-{go.name}-{i}", "select",
-                                           *argv], cwd=ROOT, env=env_, stdout=f, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen([sys.executable, "-c", script, str(go), *extra], cwd=ROOT, env=env_,
+                                          stdout=f, stderr=subprocess.STDOUT))
     try:
         deadline = time.monotonic() + 120
         while not all("READY" in out.read_text() for out in outs):
             assert all(p.poll() is None for p in procs), \
                 outputs_message([p.poll() for p in procs], [o.read_text() for o in outs])
-            assert time.monotonic() < deadline, "select processes not ready in 120 s"
+            assert time.monotonic() < deadline, "processes not ready in 120 s"
             time.sleep(0.05)
         go.touch()
-        for p in procs:
-            p.wait(timeout=300)
+        codes: list[int | None] = [p.wait(timeout=wait_s) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    texts = [o.read_text() for o in outs]
-    assert [p.returncode for p in procs] == [0] * count, outputs_message([p.returncode for p in procs], texts)
+    return codes, [o.read_text() for o in outs]
+
+
+def select_at_once(tmp: Path, argv: list[str], count: int, env_: dict[str, str]) -> list[str]:
+    """Run ``qshield select ARGV`` in ``count`` processes released at once; their outputs (each must exit 0)."""
+    name = uuid.uuid4().hex[:6]
+    codes, texts = released_together(tmp, SELECT, [[f"warm-{name}-{i}", "select", *argv] for i in range(count)], env_)
+    assert codes == [0] * count, outputs_message(codes, texts)
     return texts
 
 

@@ -30,19 +30,9 @@ from orchestrator.runtime._trainable import trial_device
 from orchestrator.space import parse_space
 from orchestrator.tracking import ROLE, SWEEP, TRIAL, SweepTracker
 from orchestrator.trial import load_trial_data, run_trial
+from tests.test_sweep import TrialStub
 
 EXPERIMENT = "qshield-scale"
-
-
-class _Trial:
-    """The parts of ``ray.tune.experiment.Trial`` that MLflowTrialCallback reads."""
-
-    def __init__(self, trial_id: str, config: dict[str, Any]) -> None:
-        self.trial_id = trial_id
-        self.config = config
-        self.last_result: dict[str, Any] = {}
-        self.checkpoint: Any = None
-        self.error_file = None
 
 
 class CountingClient:
@@ -71,7 +61,7 @@ def sampled(space: Any) -> dict[str, Any]:
 
 def one_trial(callback: MLflowTrialCallback, trial_id: str, lr: float) -> None:
     """What a sweep tells the callback about one two-epoch trial (no checkpoint, so no model is logged)."""
-    trial = _Trial(trial_id, {"lr": lr, "epochs": 2})
+    trial = TrialStub(trial_id, {"lr": lr, "epochs": 2})
     callback.on_trial_start(0, [], trial)
     for epoch in (1, 2):
         trial.last_result = {"epoch": epoch, "train_loss": 1.0 / epoch, "val_accuracy": 0.5 + 0.1 * epoch}

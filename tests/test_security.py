@@ -38,6 +38,7 @@ import pytest
 import torch
 
 from qshield.models import ModelConfig, UnsafeCheckpointError, build_model, load_model
+from tests.test_sweep import TrialStub
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CNN = ModelConfig(arch="cnn", in_channels=1, image_size=8, num_classes=10)
@@ -337,17 +338,6 @@ SECRET_NAMES = ("MY_API_TOKEN", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_
                 "GITHUB_TOKEN", "QSHIELD_SECRET", "POSTGRES_PASSWORD", "OPENAI_API_KEY")
 
 
-class _Trial:
-    """The parts of ``ray.tune.experiment.Trial`` that MLflowTrialCallback reads."""
-
-    def __init__(self, trial_id: str, config: dict[str, Any]) -> None:
-        self.trial_id = trial_id
-        self.config = config
-        self.last_result: dict[str, Any] = {}
-        self.checkpoint: Any = None
-        self.error_file = None
-
-
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real trial tracked into a fresh sqlite store by the sweep's MLflow path, with secrets in the environment.
@@ -385,7 +375,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                                   "qshield.dataset": space.dataset.value, "qshield.storage_path": str(root / "ray")})
         callback = MLflowTrialCallback(tracker)
         callback.setup()
-        trial = _Trial("security_00000", params)
+        trial = TrialStub("security_00000", params)
         callback.on_trial_start(0, [], trial)
 
         reports: list[dict[str, Any]] = []

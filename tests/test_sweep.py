@@ -176,6 +176,32 @@ def result_rows(exp_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
+class TrialStub:
+    """The parts of ``ray.tune.experiment.Trial`` that MLflowTrialCallback reads (for driving the callback without
+    Tune)."""
+
+    def __init__(self, trial_id: str, config: dict[str, Any]) -> None:
+        self.trial_id = trial_id
+        self.config = config
+        self.last_result: dict[str, Any] = {}
+        self.checkpoint: Any = None
+        self.error_file = None
+
+
+def stop_ray_head(head: subprocess.Popen, recorded: dict[int, str], temp_dir: str) -> None:
+    """Stop a ``ray start --head --block`` process (SIGTERM: the head drains, then stops the processes it started;
+    SIGKILL after 90 s), then every process recorded as its descendant, and remove its temp dir."""
+    recorded |= descendants(head.pid)
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+    kill_recorded(recorded)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def check_resumed(exp_dir: Path, uri: str, sweep: str, n: int) -> tuple[dict[str, list[dict[str, Any]]], Any, list[Any]]:
     """After a killed driver's sweep was run again to its end: Tune's ``n`` trials finished, each with one finished
     MLflow run under the one parent run. Besides them there may be one trial the killed driver started after Tune's
@@ -548,15 +574,7 @@ def test_ray_job_submit_runs_the_entrypoint_on_a_started_cluster(env: dict[str, 
         assert listed.returncode == 0, listed.stderr
         cluster_nodes = {n["node_id"] for n in json.loads(listed.stdout)}
     finally:
-        recorded |= descendants(head.pid)
-        head.send_signal(signal.SIGTERM)  # --block: the head drains, then stops the processes it started
-        try:
-            head.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        kill_recorded(recorded)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray_head(head, recorded, temp_dir)
 
     assert "Connecting to existing Ray cluster" in logs
     assert "Sweep 'job': 2 finished, 0 stopped early, 0 failed" in logs
