@@ -60,7 +60,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.quantum_layer import DOC, ROOT, write_section
+from bench.quantum_layer import DOC, ROOT, _cpu_name, write_section
 
 SECTION = "orchestration"
 DEFAULT_TRIALS = 6
@@ -459,14 +459,7 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpu_name()
     mem = ""
     try:
         kib = int(Path("/proc/meminfo").read_text().split()[1])
