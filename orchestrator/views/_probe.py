@@ -17,11 +17,9 @@ Shared by the robustness card (:mod:`orchestrator.views`) and the web page (:mod
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from torch import nn
 
 from qshield.attacks import AttackConfig, make_attack
 from qshield.data import DatasetBundle, dataset_spec
+from qshield.evaluation import isolated_rng
 from qshield.models import HybridModel, ModelConfig, load_model
 
 from ..space import SweepSpace
@@ -269,27 +268,13 @@ def partner_of(client: MlflowClient, ref: ModelRef) -> Partner | None:
     return Partner(resolve_ref(client, uri), role, str(trial), str(arch))
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """torch's and numpy's global generators seeded inside the block (torchattacks draws from both), restored
-    after."""
-    state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            np.random.set_state(state)
-
-
 def attack_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig, *,
                   seed: int = 0) -> torch.Tensor:
     """Adversarial versions of ``images [N, C, H, W]`` (untargeted, away from ``labels``) by the resolved
     ``config``, seeded; each stays in [0, 1] and, for an L∞ attack, inside its ε-ball (checked)."""
     model.eval()
     attack = make_attack(model, config)
-    with _seeded(seed):
+    with isolated_rng(seed, images.device):
         adv = attack(images, labels).detach().clamp(0.0, 1.0)
     if config.eps is not None and config.preset.norm.value == "linf":
         dist = float((adv - images).abs().amax()) if adv.numel() else 0.0

@@ -15,12 +15,15 @@
   confidence intervals.
 * Reports: :func:`results_table`, :func:`render_markdown`, :func:`write_results` (CSV + Markdown),
   :func:`asr_vs_eps` + :func:`plot_asr_vs_eps`, :func:`compare_with_paper`.
+* :func:`isolated_rng`: the seeded, restored global generators every attack here runs under (for callers that
+  run an attack themselves, e.g. the web page).
 
 See ``docs/attacks.md``.
 """
 
 from __future__ import annotations
 
+from ._core import isolated_rng
 from ._evaluate import asr_vs_eps, evaluate, evaluate_attack, worst_case
 from ._masking import (
     CHECK_NAMES,
@@ -79,6 +82,7 @@ __all__ = [
     "evaluation_table",
     "evaluate",
     "evaluate_attack",
+    "isolated_rng",
     "judge_attack_checks",
     "judge_eot_convergence",
     "judge_gradient_sources",
