@@ -26,7 +26,6 @@ from pydantic_core import PydanticCustomError
 from pydantic import Field
 
 from qshield.models import Arch, Backbone, BackendName, FusionMode, ModelConfig
-from qshield.schema import Choice as SchemaChoice
 from qshield.schema import Config, FieldRule, Probability, parse_number, searchable, searchable_fields, validate_field
 from qshield.training import TrainConfig, TrainMethod
 
@@ -50,9 +49,6 @@ __all__ = [
     "parse_number",
     "fail",
 ]
-
-
-_StrChoice = SchemaChoice  # the string-enum base of every choice (qshield.schema.Choice)
 
 
 class SweepOnly(Config):

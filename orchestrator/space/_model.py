@@ -32,6 +32,7 @@ from qshield.quantum import CircuitSpec, Measurement, Noise
 
 from qshield.data import DATASETS
 from qshield.models import default_n_qubits
+from qshield.schema import Choice as SchemaChoice  # the string enum (not the domain `Choice` of _domains)
 from qshield.schema import config_error, registry_choice, validate_field
 from qshield.schema import Eps as _EpsRule
 
@@ -40,7 +41,6 @@ from ._domains import (
     Arch,
     Domain,
     Fixed,
-    _StrChoice,
     domain_max,
     domain_values,
     fail,
@@ -77,7 +77,7 @@ Dataset = registry_choice("Dataset", list(DATASETS), "Datasets a sweep can use (
 AttackName = registry_choice("AttackName", list(ATTACKS), "Attacks a sweep can evaluate (qshield.attacks.ATTACKS).")
 
 
-class Objective(_StrChoice):
+class Objective(SchemaChoice):
     """Metrics a trial reports at its end (the keys of its final Tune result; ``orchestrator.trial``).
 
     * ``accuracy``: clean test accuracy (the paper's ODR), a fraction in [0, 1].
@@ -95,14 +95,14 @@ class Objective(_StrChoice):
     ADVERSARY_COST = "adversary_cost"
 
 
-class SearchAlgorithm(_StrChoice):
+class SearchAlgorithm(SchemaChoice):
     """Optuna sampler behind Ray Tune's ``OptunaSearch``: multi-objective TPE or NSGA-II."""
 
     TPE = "tpe"
     NSGA2 = "nsga2"
 
 
-class SchedulerName(_StrChoice):
+class SchedulerName(SchemaChoice):
     """Trial scheduler for early stopping."""
 
     ASHA = "asha"
