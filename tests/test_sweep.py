@@ -345,7 +345,12 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
         assert run.info.run_name.startswith(f"trial {run.data.tags[TRIAL]}: ") and "n_qubits=" in run.info.run_name
         (output,) = run.outputs.model_outputs
         assert run.data.tags["qshield.model_id"] == output.model_id
-        assert client.get_logged_model(output.model_id).source_run_id == run.info.run_id
+        logged = client.get_logged_model(output.model_id)
+        assert logged.source_run_id == run.info.run_id
+        # and carries the trial's final metrics (MLflow's model view and search_logged_models read them there)
+        on_model = {m.key: m.value for m in logged.metrics or []}
+        for key in ("accuracy", "asr", "robust_accuracy", "adversary_cost"):
+            assert on_model[key] == pytest.approx(run.data.metrics[key], abs=1e-12)
         # the worst case over the suite is never better than any single attack (and carries its interval)
         for name in ("fgsm", "pgd"):
             assert run.data.metrics["robust_accuracy"] <= run.data.metrics[f"attack/{name}/robust_accuracy"]

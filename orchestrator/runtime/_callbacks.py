@@ -106,8 +106,9 @@ class MLflowTrialCallback(tune.Callback):
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 model_dir = Path(checkpoint.to_directory(tmp)) / "model"
-                if model_dir.is_dir():
-                    tags["qshield.model_id"] = self.tracker.log_model(run_id, model_dir)
+                if model_dir.is_dir():  # the final metrics (logged at the last epoch's step) go with the model
+                    step = int(result.get("epoch", 0))
+                    tags["qshield.model_id"] = self.tracker.log_model(run_id, model_dir, step=step)
         # last, in one batch with the other tags: selection reads only trials marked final, so a crash above never
         # leaves a half-logged "final" run
         self.tracker.set_tags(run_id, {**tags, "qshield.final": "true"})

@@ -131,8 +131,10 @@ def load_checked_pyfunc(local_dir: str | os.PathLike[str]) -> Any:
     return mlflow.pyfunc.load_model(str(local))
 
 
-def log_trial_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str]) -> str:
+def log_trial_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike[str], step: int = 0) -> str:
     """Log ``model_dir`` (written by a trial) as the pyfunc model of run ``run_id``; returns its ``model_id``.
+    ``step``: the run's metrics logged at this step are linked to the model too (MLflow's model view and
+    ``mlflow.search_logged_models`` show and filter by them); a trial passes the step of its final metrics.
 
     Raises:
         FileNotFoundError: a file of :data:`MODEL_FILES` is missing from ``model_dir``.
@@ -159,5 +161,6 @@ def log_trial_model(tracking_uri: str, run_id: str, model_dir: str | os.PathLike
             input_example=example,
             pip_requirements=pip_requirements(),
             tags={"qshield.arch": str(getattr(config.arch, "value", config.arch))},
+            step=step,
         )
     return str(info.model_id)

@@ -374,11 +374,12 @@ class SweepTracker:
         frame = pd.DataFrame(list(rows))
         self._call("log table", lambda: self.client.log_table(run_id, frame, artifact_file))
 
-    def log_model(self, run_id: str, model_dir: str | os.PathLike) -> str:
-        """Log a trial's model directory as the run's MLflow Model (pyfunc, from code); returns its model id."""
+    def log_model(self, run_id: str, model_dir: str | os.PathLike, step: int = 0) -> str:
+        """Log a trial's model directory as the run's MLflow Model (pyfunc, from code), with the run's metrics at
+        ``step`` linked to it; returns its model id."""
         from ._model import log_trial_model
 
-        return self._call("log model", lambda: log_trial_model(self.tracking_uri, run_id, model_dir))
+        return self._call("log model", lambda: log_trial_model(self.tracking_uri, run_id, model_dir, step))
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._call("end run", lambda: self.client.set_terminated(run_id, status=status))
