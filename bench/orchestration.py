@@ -8,6 +8,13 @@ FGSM + 3-step PGD on 16 images, one CPU per trial, MLflow on a temporary sqlite 
 * ``2 nodes x 1 CPU``: head + one worker node, two trials at a time (one per node);
 * ``1 node x 2 CPUs``: the control with the same CPU count as two nodes (what a second node costs or saves).
 
+These CPUs are Ray's logical resources: every process may run on every core of the machine, so on a small machine
+the driver and Ray's own processes take cores the one-slot layout leaves idle. With ``--pin`` the same layouts
+run as equal machines: each node's processes (Ray's, and the worker processes that run the trials) are held to
+cores of their own with ``os.sched_setaffinity`` (inherited by the processes a node starts; checked for every
+process below each node after the sweep), the driver's with the head's, as a ``ray job submit`` driver runs on
+the head. Nothing in Ray or the standard library does this for ``cluster_utils`` nodes, hence the few lines here.
+
 The TPE sampler is seeded and samples at random for all trials (``n_startup_trials`` = trials), so every layout
 runs the same trial configurations (checked). Each layout runs ``--repeats`` times, interleaved (the order
 rotates every round), and the table shows the repeat with the shortest wall time (best of N, as ``timeit``
@@ -35,13 +42,16 @@ Per layout:
 * ``throughput`` = trials / wall, per minute; ``steady throughput`` = trials completed per minute after every
   slot has finished its first trial (from the MLflow runs' end times): what further trials add, without the
   one-off set-up and each worker process's first-trial warm-up;
-* ``worker processes``: distinct trial process ids (one per slot when actors are reused).
+* ``worker processes``: distinct trial process ids (one per slot when actors are reused);
+* ``driver CPU per trial``: CPU seconds of the driver process (Tune's loop, the search algorithm, the MLflow
+  callback; all its threads) in the ``run_sweep`` call, per trial. One driver serves the whole cluster, so
+  60 / this is a ceiling on trials per minute of this size, however many nodes run them.
 
 Writes the table with machine and version information to ``docs/benchmarks.md`` (section
 ``orchestration``; with another ``--trials`` N, section ``orchestration_<N>trials``) unless ``--no-write``. Run
 from the repository root::
 
-    python -m bench.orchestration [--trials 6] [--repeats 3] [--baseline REF] [--no-warmup] [--no-write]
+    python -m bench.orchestration [--trials 6] [--repeats 3] [--pin] [--baseline REF] [--no-warmup] [--no-write]
 """
 
 from __future__ import annotations
@@ -72,10 +82,12 @@ TARGET_TWO_NODES = 1.85
 
 @dataclass(frozen=True)
 class Layout:
-    """A ``ray.cluster_utils.Cluster``: CPUs of the head node, then of each added worker node."""
+    """A ``ray.cluster_utils.Cluster``: CPUs of the head node, then of each added worker node; ``pinned``: each
+    node's processes (the driver's with the head's) held to as many cores of their own (see :func:`pinned`)."""
 
     label: str
     node_cpus: tuple[int, ...]
+    pinned: bool = False
 
     @property
     def cpus(self) -> int:
@@ -87,6 +99,32 @@ LAYOUTS = (
     Layout("2 nodes x 1 CPU", (1, 1)),
     Layout("1 node x 2 CPUs", (2,)),
 )
+#: ``--pin``: the same layouts as equal machines, every node on cores of its own
+PINNED_LAYOUTS = tuple(Layout(f"{layout.label} (pinned)", layout.node_cpus, pinned=True) for layout in LAYOUTS)
+
+
+def node_cores(layout: Layout) -> list[set[int]]:
+    """The cores each node of a pinned layout gets, in node order (head first): consecutive cores of those this
+    process may use."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < layout.cpus:
+        raise RuntimeError(f"{layout.label}: needs {layout.cpus} cores of its own, this process may use "
+                           f"{len(cores)} ({cores})")
+    out, start = [], 0
+    for n in layout.node_cpus:
+        out.append(set(cores[start:start + n]))
+        start += n
+    return out
+
+
+def pin_process(cores: set[int]) -> None:
+    """Hold every thread of this process to ``cores`` (``sched_setaffinity`` acts on one thread; processes and
+    threads started afterwards inherit the affinity of the thread that starts them)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
 
 
 @dataclass
@@ -102,6 +140,7 @@ class Measurement:
     run_end_s: list[float]  # the trials' MLflow runs' end times, seconds after the run_sweep call, sorted
     processes: int
     configs: list[dict[str, Any]] = field(repr=False)
+    driver_cpu_s: float = float("nan")  # CPU seconds of the driver process (all its threads) in the run_sweep call
 
     @property
     def slots(self) -> int:
@@ -122,6 +161,10 @@ class Measurement:
         return rest / len(self.trial_s)
 
     @property
+    def driver_cpu_per_trial_s(self) -> float:
+        return self.driver_cpu_s / len(self.trial_s)
+
+    @property
     def throughput_per_min(self) -> float:
         return 60.0 * len(self.trial_s) / self.wall_s
 
@@ -135,13 +178,14 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["layout"] = {"label": self.layout.label, "node_cpus": list(self.layout.node_cpus)}
+        out["layout"] = {"label": self.layout.label, "node_cpus": list(self.layout.node_cpus),
+                         "pinned": self.layout.pinned}
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
         data = dict(data)
-        data["layout"] = Layout(data["layout"]["label"], tuple(data["layout"]["node_cpus"]))
+        data["layout"] = Layout(data["layout"]["label"], tuple(data["layout"]["node_cpus"]), data["layout"]["pinned"])
         return cls(**data)
 
 
@@ -163,6 +207,10 @@ def tiny_space(name: str, trials: int, max_concurrent: int) -> dict[str, Any]:
             "lr": {"loguniform": [3.0e-3, 3.0e-2]},
             "epochs": 1,
             "batch_size": 16,
+            # unused by standard training, but part of every trial's configuration: fixed here so that a baseline
+            # revision with another default (7 before the one-schema change) runs the same configurations
+            "method": "standard",
+            "pgd_steps": 10,
         },
         "attacks": {
             "names": ["fgsm", "pgd"],
@@ -205,28 +253,44 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     from orchestrator.runtime import run_sweep
     from orchestrator.space import parse_space
 
-    name = "bench-" + layout.label.replace(" ", "").replace("x", "-")
+    name = "bench-" + layout.label.replace(" (pinned)", "-pinned").replace(" ", "").replace("x", "-")
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     store_init = prepare_stores(workdir, uri)
     space = parse_space(tiny_space(name, trials, layout.cpus), source="<bench>")
+    everywhere = os.sched_getaffinity(0)
+    cores = node_cores(layout) if layout.pinned else [everywhere] * len(layout.node_cpus)
+    pin_process(cores[0])  # the driver, and the head node's processes it starts, on the head's cores
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True,
                       head_node_args={"num_cpus": layout.node_cpus[0], "include_dashboard": False})
     try:
-        nodes = [cluster.head_node] + [cluster.add_node(num_cpus=c) for c in layout.node_cpus[1:]]
+        nodes = [cluster.head_node]
+        for cpus, own in zip(layout.node_cpus[1:], cores[1:]):
+            os.sched_setaffinity(0, own)  # this thread starts the node's processes: they inherit its cores
+            nodes.append(cluster.add_node(num_cpus=cpus))
+            os.sched_setaffinity(0, cores[0])
         cluster.wait_for_nodes()
+        if layout.pinned:
+            _check_pinned(layout, nodes, cores)
         node_ids = [n.node_id for n in nodes]
         ray.init(address=cluster.address, log_to_driver=False)
         started = time.perf_counter() - t0
         called = time.time()
-        t1 = time.perf_counter()
+        t1, cpu = time.perf_counter(), time.process_time()
         result = run_sweep(space, storage_path=str(workdir / "ray"), tracking_uri=uri, experiment="bench", verbose=0)
-        wall = time.perf_counter() - t1
+        wall, driver_cpu = time.perf_counter() - t1, time.process_time() - cpu
         returned = called + wall
+        if layout.pinned:  # again, now with the worker processes that ran the trials (idle ones live on a while)
+            checked = _check_pinned(layout, nodes, cores)
+            unchecked = {t.metrics.get("pid") for t in result.trials} - checked
+            alive = [pid for pid in unchecked if pid is not None and Path(f"/proc/{pid}").exists()]
+            if alive:
+                raise RuntimeError(f"{layout.label}: trial processes {alive} are not below any node's raylet")
     finally:
         ray.shutdown()
         cluster.shutdown()
+        pin_process(everywhere)
     failed = [t for t in result.trials if t.status != "finished"]
     if failed or len(result.trials) != trials:
         raise RuntimeError(f"{layout.label}: {len(result.trials)} trials, not finished: "
@@ -255,7 +319,52 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
         run_end_s=ends,
         processes=len({t.metrics.get("pid") for t in result.trials}),
         configs=sorted((_config_key(t.config) for t in result.trials), key=repr),
+        driver_cpu_s=driver_cpu,
     )
+
+
+def _check_pinned(layout: Layout, nodes: list[Any], cores: list[set[int]]) -> set[int]:
+    """Every process of every node (Ray's own and the worker processes its raylet started, with theirs) runs on
+    that node's cores, else the layout would not be what it says; returns the processes checked."""
+    checked: set[int] = set()
+    for node, own in zip(nodes, cores):
+        pids = [info.process.pid for processes in node.all_processes.values() for info in processes]
+        for pid in pids + _descendants(pids):
+            try:
+                allowed = os.sched_getaffinity(pid)
+            except ProcessLookupError:  # ended meanwhile
+                continue
+            if allowed != own:
+                raise RuntimeError(f"{layout.label}: process {pid} ({_comm(pid)}) may run on cores "
+                                   f"{sorted(allowed)}, not its node's {sorted(own)}")
+            checked.add(pid)
+    return checked
+
+
+def _descendants(pids: list[int]) -> list[int]:
+    """The processes below ``pids`` (from /proc: no psutil here)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+            children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], list(pids)
+    while todo:
+        below = children.get(todo.pop(), [])
+        out += below
+        todo += below
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def _config_key(config: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +386,8 @@ def serve(warmup: bool) -> int:
     print(DONE, Path(orchestrator.__file__).resolve().parent, flush=True)  # which code this child runs
     for line in sys.stdin:
         command = json.loads(line)
-        m = measure(LAYOUTS[command["layout"]], command["trials"], Path(command["workdir"]))
+        layouts = PINNED_LAYOUTS if command["pinned"] else LAYOUTS
+        m = measure(layouts[command["layout"]], command["trials"], Path(command["workdir"]))
         Path(command["out"]).write_text(json.dumps(m.to_json()))
         print(DONE, flush=True)
     return 0
@@ -309,11 +419,11 @@ class Child:
             sys.stderr.write(f"[{self.label}] {line}")
         raise RuntimeError(f"{self.label}: the benchmark child exited with {self.proc.wait()}")
 
-    def measure(self, layout: int, trials: int, workdir: Path) -> Measurement:
+    def measure(self, layout: int, pinned: bool, trials: int, workdir: Path) -> Measurement:
         out = workdir / "measurement.json"
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"layout": layout, "trials": trials, "workdir": str(workdir),
-                                          "out": str(out)}) + "\n")
+        self.proc.stdin.write(json.dumps({"layout": layout, "pinned": pinned, "trials": trials,
+                                          "workdir": str(workdir), "out": str(out)}) + "\n")
         self.proc.stdin.flush()
         self._wait()
         return Measurement.from_json(json.loads(out.read_text()))
@@ -341,7 +451,7 @@ def baseline_tree(ref: str, workdir: Path) -> tuple[str, Path]:
     return sha, tree
 
 
-def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | None
+def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | None, pin: bool = False
         ) -> dict[str, list[list[Measurement]]]:
     """``repeats`` rounds over every (code version, layout) pair, the order rotating each round; per version one
     list of repeats per layout."""
@@ -356,7 +466,7 @@ def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | 
         for r in range(repeats):
             for k in range(len(pairs)):
                 label, i = pairs[(k + r) % len(pairs)]
-                m = children[label].measure(i, trials, workdir / f"r{r}-{label.split()[0]}-layout{i}")
+                m = children[label].measure(i, pin, trials, workdir / f"r{r}-{label.split()[0]}-layout{i}")
                 print(f"[{r + 1}/{repeats}] {label}, {m.layout.label}: wall {m.wall_s:.1f} s, trials "
                       f"{sum(m.trial_s):.1f} s in total, overhead/trial {m.overhead_per_trial_s:.2f} s, "
                       f"{m.throughput_per_min:.1f} trials/min (steady {m.steady_throughput_per_min:.1f}), per node "
@@ -380,11 +490,13 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
     labels = list(results)
     repeats = len(results[labels[0]][0])
     baseline = next((label for label in labels if label.endswith("(baseline)")), None)
-    command = f"python -m bench.orchestration --trials {trials} --repeats {repeats}"
+    pinned = results[labels[0]][0][0].layout.pinned
+    command = f"python -m bench.orchestration --trials {trials} --repeats {repeats}" + (" --pin" if pinned else "")
     if baseline is not None:
         command += f" --baseline {baseline.split()[0]}"
     lines = [
-        f"## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes ({trials} trials)",
+        (f"## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes ({trials} trials"
+         + (", each node on cores of its own)" if pinned else ")")),
         "",
         (f"Measured by `{command}` on {_machine()}; {_versions()}; {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} "
          f"UTC. Load average (1 min) of the machine before / after: {load[0]:.1f} / {load[1]:.1f}."),
@@ -405,8 +517,9 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
         "",
         ("| code | layout | slots | sweep wall (s) | trial time sum / mean (s) | overhead per trial (s) "
          "| set-up / wind-down (s) | between trials (s) | throughput (trials/min) | steady throughput (trials/min) "
-         "| worker processes | trials per node | fresh store (s) | throughput, all repeats |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "| driver CPU per trial (s) | worker processes | trials per node | fresh store (s) "
+         "| throughput, all repeats |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     best = {label: [best_run(r) for r in runs] for label, runs in results.items()}
     for label in labels:
@@ -415,7 +528,7 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
                 f"| {label} | {m.layout.label} | {m.slots} | {m.wall_s:.1f} | "
                 f"{sum(m.trial_s):.1f} / {sum(m.trial_s) / len(m.trial_s):.2f} | {m.overhead_per_trial_s:.2f} | "
                 f"{m.setup_s:.1f} / {m.wind_down_s:.1f} | {m.between_trials_s:.2f} | {m.throughput_per_min:.1f} | "
-                f"{m.steady_throughput_per_min:.1f} | {m.processes} | "
+                f"{m.steady_throughput_per_min:.1f} | {m.driver_cpu_per_trial_s:.2f} | {m.processes} | "
                 f"{' + '.join(str(c) for c in m.trials_per_node)} | {m.store_init_s:.1f} | "
                 f"{', '.join(f'{x.throughput_per_min:.1f}' for x in ms)} |"
             )
@@ -437,6 +550,14 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
          f"the same: even a second node that halved everything else exactly would give at most {bound:.2f}x here "
          "(less still, as each worker process also pays its first-trial warm-up)."),
     ]
+    lines += [
+        "",
+        (f"The driver: {two.driver_cpu_per_trial_s:.2f} s of CPU per trial on two nodes ({one.driver_cpu_per_trial_s:.2f} "
+         f"s on one), {100 * two.driver_cpu_s / two.wall_s:.0f}% of a core during the two-node sweep. One driver serves "
+         f"every node, so trials of this size cannot finish faster than about "
+         f"{60 / two.driver_cpu_per_trial_s:.0f} per minute whatever the cluster (a heavier trial moves the ceiling "
+         "up in proportion: the driver's work per trial does not grow with the trial's)."),
+    ]
     if baseline is not None:
         b_one, b_two, _ = best[baseline]
         lines += [
@@ -447,13 +568,28 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
              f"nodes {two.throughput_per_min / b_two.throughput_per_min:.2f}x the baseline's; its two nodes vs one: "
              f"{b_two.throughput_per_min / b_one.throughput_per_min:.2f}x."),
         ]
+    if pinned:
+        cores = " and ".join(f"node {i + 1} on core{'s' if len(c) > 1 else ''} {', '.join(map(str, sorted(c)))}"
+                             for i, c in enumerate(node_cores(two.layout)))
+        lines += [
+            "",
+            (f"Pinned: every node's processes held to cores of their own ({cores}; checked for every Ray process "
+             "and trial worker), the driver with the head: two equal one-core machines. The head's core runs its "
+             "own trials and the driver's work (Tune, the MLflow writes) for every trial of the cluster, twice as "
+             "many per minute with two nodes; and a trial on either node waits for the driver at every report (a "
+             "Tune function trainable goes on once the driver has taken its result), so the trials of both nodes "
+             "take longer than on one node (the trial time column). On a cluster the head should run no trials "
+             "(`num-cpus: \"0\"`, as in `k8s/base`), leaving its cores to the driver."),
+        ]
     lines += [
         "",
         (f"{os.cpu_count()} cores on this machine, shared with other work while measuring (the load average above "
-         "counts it): two slots mean two trial processes, the driver and Ray's own processes on those cores, so "
-         "the trial times of the two-slot layouts include that contention; and every worker process pays its "
-         "imports and first-trial warm-up once, so a few short trials cannot make a second node pay off "
-         "fully (the steady throughput shows what further trials gain)."),
+         "counts it): "
+         + ("" if pinned else "every process may use both cores, so the one-slot layouts run the driver and Ray's "
+            "own processes on the core their trial leaves free, while in the two-slot layouts they take time from the "
+            "trials (the trial times include that contention); ")
+         + "every worker process pays its imports and first-trial warm-up once, so a few short trials cannot make "
+         "a second node pay off fully (the steady throughput shows what further trials gain)."),
     ]
     return "\n".join(lines)
 
@@ -494,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over the layouts (default 3)")
     parser.add_argument("--baseline", metavar="REF", default=None,
                         help="also measure git revision REF in the same rounds (before/after)")
+    parser.add_argument("--pin", action="store_true",
+                        help="equal machines: every node's processes (the driver's with the head's) on cores of "
+                             "their own (needs 2 cores; writes the section orchestration_pinned[_<N>trials])")
     parser.add_argument("--no-warmup", action="store_true", help="skip each child's unmeasured warm-up sweep")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # child mode (see serve)
@@ -504,14 +643,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--trials={args.trials}: at least 3 trials are needed (two slots, then a steady state)")
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats}: at least 1")
+    usable, needed = len(os.sched_getaffinity(0)), max(layout.cpus for layout in PINNED_LAYOUTS)
+    if args.pin and usable < needed:
+        parser.error(f"--pin: the layouts need {needed} cores of their own, this process may use {usable}")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="qshield-bench-") as tmp:
-        results = run(args.trials, args.repeats, not args.no_warmup, Path(tmp), args.baseline)
+        results = run(args.trials, args.repeats, not args.no_warmup, Path(tmp), args.baseline, args.pin)
     text = render(results, args.trials, (load_before, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
         # the issue's 6-trial sweep has the section "orchestration"; another size gets its own section beside it
-        write_section(text, SECTION if args.trials == DEFAULT_TRIALS else f"{SECTION}_{args.trials}trials")
+        section = SECTION + ("_pinned" if args.pin else "")
+        write_section(text, section if args.trials == DEFAULT_TRIALS else f"{section}_{args.trials}trials")
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 
