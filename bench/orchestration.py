@@ -48,7 +48,8 @@ Per layout:
   60 / this is a ceiling on trials per minute of this size, however many nodes run them.
 
 Writes the table with machine and version information to ``docs/benchmarks.md`` (section
-``orchestration``; with another ``--trials`` N, section ``orchestration_<N>trials``) unless ``--no-write``. Run
+``orchestration``, ``orchestration_pinned`` with ``--pin``; with another ``--trials`` N, ``_<N>trials`` appended)
+unless ``--no-write``. Run
 from the repository root::
 
     python -m bench.orchestration [--trials 6] [--repeats 3] [--pin] [--baseline REF] [--no-warmup] [--no-write]
@@ -83,7 +84,7 @@ TARGET_TWO_NODES = 1.85
 @dataclass(frozen=True)
 class Layout:
     """A ``ray.cluster_utils.Cluster``: CPUs of the head node, then of each added worker node; ``pinned``: each
-    node's processes (the driver's with the head's) held to as many cores of their own (see :func:`pinned`)."""
+    node's processes (the driver's with the head's) held to as many cores of their own (see :func:`node_cores`, :func:`pin_process`)."""
 
     label: str
     node_cpus: tuple[int, ...]
