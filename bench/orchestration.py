@@ -11,8 +11,9 @@ FGSM + 3-step PGD on 16 images, one CPU per trial, MLflow on a temporary sqlite 
 These CPUs are Ray's logical resources: every process may run on every core of the machine, so on a small machine
 the driver and Ray's own processes take cores the one-slot layout leaves idle. With ``--pin`` the same layouts
 run as equal machines: each node's processes (Ray's, and the worker processes that run the trials) are held to
-cores of their own with ``os.sched_setaffinity`` (inherited by the processes a node starts; checked for every
-process below each node after the sweep), the driver's with the head's, as a ``ray job submit`` driver runs on
+cores of their own with ``os.sched_setaffinity`` (inherited by the processes a node starts; every process below
+each node checked twice a second during the sweep, and every trial's process must have been seen), the driver's
+with the head's, as a ``ray job submit`` driver runs on
 the head. Nothing in Ray or the standard library does this for ``cluster_utils`` nodes, hence the few lines here.
 
 The TPE sampler is seeded and samples at random for all trials (``n_startup_trials`` = trials), so every layout
@@ -58,6 +59,7 @@ from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -65,7 +67,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -272,22 +276,19 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
             nodes.append(cluster.add_node(num_cpus=cpus))
             os.sched_setaffinity(0, cores[0])
         cluster.wait_for_nodes()
-        if layout.pinned:
-            _check_pinned(layout, nodes, cores)
         node_ids = [n.node_id for n in nodes]
         ray.init(address=cluster.address, log_to_driver=False)
         started = time.perf_counter() - t0
         called = time.time()
-        t1, cpu = time.perf_counter(), time.process_time()
-        result = run_sweep(space, storage_path=str(workdir / "ray"), tracking_uri=uri, experiment="bench", verbose=0)
-        wall, driver_cpu = time.perf_counter() - t1, time.process_time() - cpu
+        with _watch_pinning(layout, nodes, cores) if layout.pinned else contextlib.nullcontext(set()) as seen:
+            t1, cpu = time.perf_counter(), time.process_time()
+            result = run_sweep(space, storage_path=str(workdir / "ray"), tracking_uri=uri, experiment="bench",
+                               verbose=0)
+            wall, driver_cpu = time.perf_counter() - t1, time.process_time() - cpu
         returned = called + wall
-        if layout.pinned:  # again, now with the worker processes that ran the trials (idle ones live on a while)
-            checked = _check_pinned(layout, nodes, cores)
-            unchecked = {t.metrics.get("pid") for t in result.trials} - checked
-            alive = [pid for pid in unchecked if pid is not None and Path(f"/proc/{pid}").exists()]
-            if alive:
-                raise RuntimeError(f"{layout.label}: trial processes {alive} are not below any node's raylet")
+        unseen = ({t.metrics.get("pid") for t in result.trials} - {None} - seen) if layout.pinned else set()
+        if unseen:
+            raise RuntimeError(f"{layout.label}: trial processes {sorted(unseen)} were never seen below a node")
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -324,48 +325,63 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     )
 
 
+@contextlib.contextmanager
+def _watch_pinning(layout: Layout, nodes: list[Any], cores: list[set[int]], every_s: float = 0.5
+                   ) -> Iterator[set[int]]:
+    """While the block runs (a sweep: its trials' worker processes end with it), check every ``every_s`` seconds,
+    and once more at its end, that each node's processes run on that node's cores (:func:`_check_pinned`); yields
+    the processes seen so far. The checks run in a thread of the driver process (their CPU time counts in the
+    driver's, a few milliseconds a check)."""
+    seen: set[int] = set()
+    errors: list[RuntimeError] = []
+    stop = threading.Event()
+
+    def check() -> None:
+        try:
+            seen.update(_check_pinned(layout, nodes, cores))
+        except RuntimeError as err:
+            errors.append(err)
+            stop.set()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            check()
+
+    thread = threading.Thread(target=watch, name="bench-pinning", daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+    check()
+    if errors:
+        raise errors[0]
+
+
 def _check_pinned(layout: Layout, nodes: list[Any], cores: list[set[int]]) -> set[int]:
     """Every process of every node (Ray's own and the worker processes its raylet started, with theirs) runs on
     that node's cores, else the layout would not be what it says; returns the processes checked."""
+    import psutil  # Ray ships it (ray/thirdparty_files, put on the path by ``import ray``)
+
     checked: set[int] = set()
     for node, own in zip(nodes, cores):
-        pids = [info.process.pid for processes in node.all_processes.values() for info in processes]
-        for pid in pids + _descendants(pids):
+        for info in (info for processes in node.all_processes.values() for info in processes):
             try:
-                allowed = os.sched_getaffinity(pid)
-            except ProcessLookupError:  # ended meanwhile
+                top = psutil.Process(info.process.pid)
+                below = [top, *top.children(recursive=True)]
+            except psutil.NoSuchProcess:  # ended meanwhile
                 continue
-            if allowed != own:
-                raise RuntimeError(f"{layout.label}: process {pid} ({_comm(pid)}) may run on cores "
-                                   f"{sorted(allowed)}, not its node's {sorted(own)}")
-            checked.add(pid)
+            for process in below:
+                try:
+                    allowed, name = set(process.cpu_affinity()), process.name()
+                except psutil.NoSuchProcess:
+                    continue
+                if allowed != own:
+                    raise RuntimeError(f"{layout.label}: process {process.pid} ({name}) may run on cores "
+                                       f"{sorted(allowed)}, not its node's {sorted(own)}")
+                checked.add(process.pid)
     return checked
-
-
-def _descendants(pids: list[int]) -> list[int]:
-    """The processes below ``pids`` (from /proc: no psutil here)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
-            children.setdefault(parent, []).append(int(entry.name))
-    out, todo = [], list(pids)
-    while todo:
-        below = children.get(todo.pop(), [])
-        out += below
-        todo += below
-    return out
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
 
 
 def _config_key(config: dict[str, Any]) -> dict[str, Any]:
