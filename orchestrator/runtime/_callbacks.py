@@ -70,7 +70,7 @@ class MLflowTrialCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run(trial)
         metrics = {k: v for k, v in result.items() if k not in _TUNE_KEYS and not isinstance(v, (list, dict))}
-        step = int(result.get("epoch", 0))
+        step = metrics_step(result)
         if result.get("final"):
             # the objectives: one value each (logged at the last epoch's step); the per-epoch series stay as they are
             metrics.pop("epoch", None)
@@ -106,9 +106,8 @@ class MLflowTrialCallback(tune.Callback):
         if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 model_dir = Path(checkpoint.to_directory(tmp)) / "model"
-                if model_dir.is_dir():  # the final metrics (logged at the last epoch's step) go with the model
-                    step = int(result.get("epoch", 0))
-                    tags["qshield.model_id"] = self.tracker.log_model(run_id, model_dir, step=step)
+                if model_dir.is_dir():  # the final metrics go with the model
+                    tags["qshield.model_id"] = self.tracker.log_model(run_id, model_dir, step=metrics_step(result))
         # last, in one batch with the other tags: selection reads only trials marked final, so a crash above never
         # leaves a half-logged "final" run
         self.tracker.set_tags(run_id, {**tags, "qshield.final": "true"})
@@ -119,6 +118,11 @@ class MLflowTrialCallback(tune.Callback):
         message = _trial_error_message(trial)
         self.tracker.set_tags(run_id, {"qshield.error": message})
         self.tracker.finish(run_id, "FAILED")
+
+
+def metrics_step(result: dict) -> int:
+    """The MLflow step a trial's result is logged at: its epoch (the final metrics: the last epoch's)."""
+    return int(result.get("epoch", 0))
 
 
 def checkpoint_epoch(trial: Any) -> int:
