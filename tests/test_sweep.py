@@ -13,6 +13,7 @@ before it was stopped), never with ``ray stop``, which would kill every Ray on t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -42,6 +43,7 @@ from mlflow import MlflowClient
 from orchestrator.tracking import CHAMPION, select_champion
 from orchestrator.space import SweepSpace, parse_space
 from orchestrator.runtime import SweepResult, run_sweep
+from orchestrator.runtime._sweep import SNAPSHOT_WARNING, _snapshot_warning_off
 from orchestrator.tracking import PARENT, ROLE, SWEEP, TRIAL
 from qshield.data import load_dataset
 from qshield.models import load_model
@@ -114,6 +116,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)
+    monkeypatch.delenv(SNAPSHOT_WARNING, raising=False)  # Tune's default threshold, as for a user who set none
     return {"tmp": tmp_path, "uri": uri, "storage": tmp_path / "ray_results"}
 
 
@@ -296,11 +299,45 @@ def clean_env(**extra: str) -> dict[str, str]:
 # (a) local Ray -> sqlite MLflow -> registry
 
 
+class _Messages(logging.Handler):
+    """The messages a logger emits (Ray's loggers do not propagate to pytest's handler)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_snapshot_warning_is_off_only_during_the_fit_and_a_users_threshold_is_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SNAPSHOT_WARNING, raising=False)
+    with pytest.raises(RuntimeError, match="fit failed"), _snapshot_warning_off():
+        assert os.environ[SNAPSHOT_WARNING] == "0"
+        raise RuntimeError("fit failed")
+    assert SNAPSHOT_WARNING not in os.environ  # put back after a failed fit too
+    monkeypatch.setenv(SNAPSHOT_WARNING, "7")
+    with _snapshot_warning_off():
+        assert os.environ[SNAPSHOT_WARNING] == "7"
+    assert os.environ[SNAPSHOT_WARNING] == "7"
+
+
 def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: dict[str, Any]) -> None:
     space = build(tiny_space("local", num_samples=3, parameters={"epochs": 2},
                              attacks={"diagnostics": True}))
-    result = run_sweep(space, storage_path=str(env["storage"]), tracking_uri=env["uri"], experiment=EXPERIMENT,
-                       num_cpus=2, verbose=0)
+    snapshots = _Messages()
+    logging.getLogger("ray.tune.execution.experiment_state").addHandler(snapshots)
+    try:
+        result = run_sweep(space, storage_path=str(env["storage"]), tracking_uri=env["uri"], experiment=EXPERIMENT,
+                           num_cpus=2, verbose=0)
+    finally:
+        logging.getLogger("ray.tune.execution.experiment_state").removeHandler(snapshots)
+    # a checkpoint per epoch, two kept: Tune snapshots its state every second checkpoint of a trial, by the sweep's
+    # choice, and does not warn about it (with epochs this short it would, given its default threshold of 5 s);
+    # the variable that turns the warning off is put back afterwards
+    assert not [m for m in snapshots.messages if "snapshotting has been triggered" in m]
+    assert SNAPSHOT_WARNING not in os.environ
 
     assert isinstance(result, SweepResult)
     assert [t.status for t in result.trials] == ["finished"] * 3, [t.error for t in result.trials]

@@ -7,11 +7,13 @@ and the MLflow tracking store (the parent run is created or found first).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 #: refuse to start a local sweep with less free space than this on the storage path (bytes)
 MIN_FREE_BYTES = 200 * 1024**2
+#: checkpoints Tune keeps per trial: disk stays bounded, and a restarted or resumed trial starts from the latest
+KEEP_CHECKPOINTS = 2
+#: Tune's warning about frequent experiment-state snapshots (see :func:`_snapshot_warning_off`)
+SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
 
 
 class SweepSetupError(RuntimeError):
@@ -178,12 +184,13 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
                 storage_path=storage,
                 callbacks=[MLflowTrialCallback(tracker, space.parameters.searched())],
                 failure_config=tune.FailureConfig(max_failures=space.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 verbose=verbose,
             ),
         )
     try:
-        grid = tuner.fit()
+        with _snapshot_warning_off():
+            grid = tuner.fit()
     except Exception as exc:  # Tune wraps a callback's exception in a TuneError holding the traceback as text
         lost = _tracking_error(exc)
         if lost is None:
@@ -216,6 +223,27 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
         )
     summarise(result, tracker)
     return result
+
+
+@contextlib.contextmanager
+def _snapshot_warning_off() -> Iterator[None]:
+    """Tune's warning "Experiment state snapshotting has been triggered multiple times ... may become a
+    bottleneck" off during the fit, unless the user set its threshold (``$TUNE_WARN_EXCESSIVE_...``).
+
+    With ``num_to_keep`` set, Tune snapshots the experiment state whenever a trial has written that many
+    checkpoints since the last snapshot, so that a resume never points at a deleted checkpoint. A trial
+    checkpoints every epoch, so epochs of a few seconds (the demo's) force a snapshot every few seconds, and Tune
+    warns each time, advising more checkpoints kept or fewer written: :data:`KEEP_CHECKPOINTS` and a checkpoint
+    per epoch are the sweep's deliberate choice. Tune reads the variable when the fit starts; it is put back after.
+    """
+    if SNAPSHOT_WARNING in os.environ:
+        yield
+        return
+    os.environ[SNAPSHOT_WARNING] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(SNAPSHOT_WARNING, None)
 
 
 def optuna_storage(tracking_uri: str) -> str | None:
