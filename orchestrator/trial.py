@@ -1,7 +1,7 @@
 """One sweep trial, independent of Ray: data -> model -> training (per-epoch reports) -> attacks -> objectives.
 
 :func:`run_trial` is what the Ray Tune trainable (:mod:`orchestrator.runtime`) calls; the same function also
-re-runs a single trial exactly from its recorded parameters (``qshield train --from-run``) and is unit-tested
+re-runs a single trial exactly from its recorded parameters (``qshield rerun RUN_ID``) and is unit-tested
 without Ray. Reports go through a ``report(metrics, checkpoint_dir)`` callable.
 
 Objectives of a finished trial (keys of its final report, see ``docs/search-spaces.md``); every rate also has

@@ -255,7 +255,7 @@ def _model_id(run: Any) -> str:
     if not model_id:
         raise SelectionError(
             f"trial run {run.info.run_id} has no logged MLflow model (runs of qshield before 0.2 logged plain "
-            f"files); re-run the trial (`qshield train --from-run {run.info.run_id}`) or the sweep"
+            f"files); re-run the trial (`qshield rerun {run.info.run_id}`) or the sweep"
         )
     return str(model_id)
 

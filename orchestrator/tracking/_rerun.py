@@ -1,4 +1,4 @@
-"""Re-run one recorded sweep trial exactly and compare: ``qshield train --from-run RUN_ID [--tracking-uri URI]``.
+"""Re-run one recorded sweep trial exactly and compare: ``qshield rerun RUN_ID [--tracking-uri URI]``.
 
 A finished sweep trial records, in the MLflow Model logged by its nested run (folder ``artifacts/`` of the
 LoggedModel; written by :func:`orchestrator.trial.run_trial`, logged by
@@ -48,7 +48,6 @@ __all__ = [
 #: folder of a trial's logged MLflow model that holds its files (weights, params, space; orchestrator.tracking)
 MODEL_ARTIFACT = "artifacts"
 _RECORD_FILES = ("params.json", "space.json", "model.pt")
-#: ``qshield train`` options that still apply with ``--from-run`` (all others are taken from the record)
 
 
 class RerunError(ValueError):
@@ -169,14 +168,14 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise RerunError(f"--from-run={run_id!r}: no such MLflow run at {uri} ({exc.error_code}); "
+        raise RerunError(f"RUN_ID={run_id!r}: no such MLflow run at {uri} ({exc.error_code}); "
                          f"allowed values: {allowed}") from None
     tags = run.data.tags
     if tags.get(ROLE) != "trial":
-        raise RerunError(f"--from-run={run_id!r} is not a sweep trial (tag {ROLE}={tags.get(ROLE)!r}); "
+        raise RerunError(f"RUN_ID={run_id!r} is not a sweep trial (tag {ROLE}={tags.get(ROLE)!r}); "
                          f"allowed values: {allowed}")
     if run.info.status != "FINISHED" or tags.get("qshield.final") != "true":
-        raise RerunError(f"--from-run={run_id!r}: trial {tags.get(TRIAL)!r} did not finish (status "
+        raise RerunError(f"RUN_ID={run_id!r}: trial {tags.get(TRIAL)!r} did not finish (status "
                          f"{run.info.status}); only finished trials record their model directory; "
                          f"allowed values: {allowed}")
     dst = Path(dst)
@@ -184,22 +183,22 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
     outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
     model_id = tags.get("qshield.model_id") or (outputs[-1].model_id if outputs else None)
     if not model_id:
-        raise RerunError(f"--from-run={run_id!r}: the run has no logged MLflow model; the trial was not recorded "
+        raise RerunError(f"RUN_ID={run_id!r}: the run has no logged MLflow model; the trial was not recorded "
                          f"by a qshield sweep")
     try:
         with use_tracking_uri(uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst)))
     except (MlflowException, OSError) as exc:
-        raise RerunError(f"--from-run={run_id!r}: cannot download its model {model_id}: {exc}") from None
+        raise RerunError(f"RUN_ID={run_id!r}: cannot download its model {model_id}: {exc}") from None
     local = local / MODEL_ARTIFACT
     missing = [name for name in _RECORD_FILES if not (local / name).is_file()]
     if missing:
-        raise RerunError(f"--from-run={run_id!r}: its model's {MODEL_ARTIFACT}/ lack {', '.join(missing)}; "
+        raise RerunError(f"RUN_ID={run_id!r}: its model's {MODEL_ARTIFACT}/ lack {', '.join(missing)}; "
                          f"the trial was not recorded by a qshield sweep")
     try:
         params, space = read_trial_record(local, source=f"{run_id}:{MODEL_ARTIFACT}")
     except ValueError as exc:
-        raise RerunError(f"--from-run={run_id!r}: {exc}") from None
+        raise RerunError(f"RUN_ID={run_id!r}: {exc}") from None
     final: dict[str, float] = {}
     if (local / "metrics.json").is_file():
         final = _numeric(json.loads((local / "metrics.json").read_text()))
