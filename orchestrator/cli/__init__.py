@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", choices=[r.value for r in Rule],
                    help="selection rule (default: the sweep space's `selection.rule`, robust_floor unless set)")
     p.add_argument("--accuracy-floor", type=float, metavar="F",
-                   help="for robust_floor: eligible trials are at most F below the best clean accuracy (default 0.02)")
+                   help="for robust_floor: eligible trials are at most F below the best clean accuracy (default: the "
+                        "sweep space's `selection.accuracy_floor`, 0.02 unless set)")
     p.add_argument("--weights", type=_weights, help="for --rule weighted: metric=weight pairs, e.g. accuracy=1,asr=1")
     p.add_argument("--primary", help="for --rule constrained_best: the objective to maximise/minimise first")
     p.add_argument("--model-name", help="registered model name (default: qshield-<sweep>)")
