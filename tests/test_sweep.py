@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,9 @@ from mlflow import MlflowClient
 from orchestrator.tracking import CHAMPION, select_champion
 from orchestrator.space import SweepSpace, parse_space
 from orchestrator.runtime import SweepResult, run_sweep
+from orchestrator.runtime._callbacks import without_lists
 from orchestrator.runtime._sweep import SNAPSHOT_WARNING, _snapshot_warning_off
+from ray.util.debug import reset_log_once
 from orchestrator.tracking import PARENT, ROLE, SWEEP, TRIAL
 from qshield.data import load_dataset
 from qshield.models import load_model
@@ -310,6 +313,29 @@ class _Messages(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def tensorboard_tags(path: Path) -> tuple[set[str], set[str]]:
+    """(scalar tags, histogram tags) of a TensorBoard event file, read record by record with tensorboardX's protobuf
+    (a TFRecord: 8-byte length, 4-byte CRC, the serialized ``Event``, 4-byte CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars, histograms = set(), set()
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+        at += 12 + length + 4
+        for value in event.summary.value:
+            (histograms if value.HasField("histo") else scalars).add(value.tag)
+    return scalars, histograms
+
+
+def test_the_tensorboard_logger_gets_results_without_their_lists() -> None:
+    result = {"accuracy": 0.5, "flag": "ok", "attack_table": [{"attack": "fgsm"}], "config": {"lr": 0.1},
+              "diagnostics": {"checks": [{"passed": True}], "eps_schedule": (0.1, 0.2), "n": 3, "deep": {"l": [1]}}}
+    assert without_lists(result) == {"accuracy": 0.5, "flag": "ok", "config": {"lr": 0.1},
+                                     "diagnostics": {"n": 3, "deep": {}}}
+
+
 def test_the_snapshot_warning_is_off_only_during_the_fit_and_a_users_threshold_is_kept(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SNAPSHOT_WARNING, raising=False)
@@ -326,18 +352,30 @@ def test_the_snapshot_warning_is_off_only_during_the_fit_and_a_users_threshold_i
 def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: dict[str, Any]) -> None:
     space = build(tiny_space("local", num_samples=3, parameters={"epochs": 2},
                              attacks={"diagnostics": True}))
-    snapshots = _Messages()
+    snapshots, tbx = _Messages(), _Messages()
     logging.getLogger("ray.tune.execution.experiment_state").addHandler(snapshots)
+    logging.getLogger("ray.tune.logger.tensorboardx").addHandler(tbx)
+    reset_log_once("invalid_tbx_value")  # Tune warns about a value TensorBoard cannot take once per process
     try:
         result = run_sweep(space, storage_path=str(env["storage"]), tracking_uri=env["uri"], experiment=EXPERIMENT,
                            num_cpus=2, verbose=0)
     finally:
         logging.getLogger("ray.tune.execution.experiment_state").removeHandler(snapshots)
+        logging.getLogger("ray.tune.logger.tensorboardx").removeHandler(tbx)
     # a checkpoint per epoch, two kept: Tune snapshots its state every second checkpoint of a trial, by the sweep's
     # choice, and does not warn about it (with epochs this short it would, given its default threshold of 5 s);
     # the variable that turns the warning off is put back afterwards
     assert not [m for m in snapshots.messages if "snapshotting has been triggered" in m]
     assert SNAPSHOT_WARNING not in os.environ
+    # TensorBoard gets every trial's numbers as scalars, and nothing it cannot plot (the final report's attack
+    # table and diagnostics are lists: they go to MLflow only)
+    assert not [m for m in tbx.messages if "invalid value" in m]
+    events = sorted(env["storage"].glob("local/*/events.out.tfevents.*"))
+    assert len(events) == 3
+    for path in events:
+        scalars, histograms = tensorboard_tags(path)
+        assert {"ray/tune/accuracy", "ray/tune/robust_accuracy", "ray/tune/val_accuracy", "ray/tune/epoch"} <= scalars
+        assert not histograms
 
     assert isinstance(result, SweepResult)
     assert [t.status for t in result.trials] == ["finished"] * 3, [t.error for t in result.trials]

@@ -1,13 +1,25 @@
-"""Ray Tune callback that mirrors every trial into MLflow (runs on the driver, one writer, resume-safe)."""
+"""Ray Tune callbacks: :class:`MLflowTrialCallback` mirrors every trial into MLflow (runs on the driver, one writer,
+resume-safe); :func:`tensorboard_logger` is Tune's own TensorBoard logger, given the numbers of each result only.
+
+Why the TensorBoard logger is wrapped (a few lines rather than none): Tune's ``TBXLoggerCallback`` plots every
+number of a result as a scalar and every list as a histogram, and warns (once, printing the whole value) about a
+list it cannot plot. A trial's final report also carries structured parts for the MLflow callback (the per-attack
+table, the masking diagnostics with their ε schedule, the worst case's attack names), so Tune's logger printed
+"You are trying to log an invalid value (ray/tune/attack_table=[...])" and drew histograms of ε schedules. It now
+gets each result without its lists; the scalars in TensorBoard are the same.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 
 from ..lease import check_lease
 from ..tracking import SweepTracker
@@ -162,3 +174,27 @@ def error_text(error: BaseException) -> str:
     if isinstance(cause, BaseException):
         error = cause
     return f"{type(error).__name__}: {error}"[:2000]
+
+
+class _NumbersTBXLoggerCallback(TBXLoggerCallback):
+    """Tune's TensorBoard logger on each result without its lists (see the module docstring)."""
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        super().log_trial_result(iteration, trial, without_lists(result))
+
+
+def without_lists(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` with every list or tuple value removed, at any depth of nested mappings."""
+    return {key: without_lists(value) if isinstance(value, Mapping) else value
+            for key, value in result.items() if not isinstance(value, (list, tuple))}
+
+
+def tensorboard_logger() -> list[tune.Callback]:
+    """The sweep's TensorBoard logger, in a list for ``RunConfig(callbacks=...)``; empty where Tune would add none
+    (``$TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``, or tensorboardX not installed: Tune then warns as usual)."""
+    if os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0") == "1":
+        return []
+    try:
+        return [_NumbersTBXLoggerCallback()]
+    except ImportError:
+        return []

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..lease import SweepLease
 from ..space import SweepSpace
 from ..tracking import SweepTracker, TrackingError, resolve_tracking_uri
-from ._callbacks import error_text
+from ._callbacks import error_text, tensorboard_logger
 from ._summary import SweepResult, TrialRecord, summarise
 from ._tune import make_tune_config, to_tune_param_space
 
@@ -182,7 +182,7 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[MLflowTrialCallback(tracker, space.parameters.searched())],
+                callbacks=[MLflowTrialCallback(tracker, space.parameters.searched()), *tensorboard_logger()],
                 failure_config=tune.FailureConfig(max_failures=space.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 verbose=verbose,
