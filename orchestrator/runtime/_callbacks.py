@@ -1,12 +1,13 @@
 """Ray Tune callbacks: :class:`MLflowTrialCallback` mirrors every trial into MLflow (runs on the driver, one writer,
-resume-safe); :func:`tensorboard_logger` is Tune's own TensorBoard logger, given the numbers of each result only.
+resume-safe); :func:`tensorboard_logger` is Tune's own TensorBoard logger, given each result without its lists.
 
 Why the TensorBoard logger is wrapped (a few lines rather than none): Tune's ``TBXLoggerCallback`` plots every
 number of a result as a scalar and every list as a histogram, and warns (once, printing the whole value) about a
 list it cannot plot. A trial's final report also carries structured parts for the MLflow callback (the per-attack
 table, the masking diagnostics with their ε schedule, the worst case's attack names), so Tune's logger printed
 "You are trying to log an invalid value (ray/tune/attack_table=[...])" and drew histograms of ε schedules. It now
-gets each result without its lists; the scalars in TensorBoard are the same.
+gets each result without its lists; the scalars in TensorBoard are the same. (A sweep started before this keeps
+Tune's own logger when resumed: Tune restores the callbacks it was started with.)
 """
 
 from __future__ import annotations

@@ -234,7 +234,8 @@ def _snapshot_warning_off() -> Iterator[None]:
     checkpoints since the last snapshot, so that a resume never points at a deleted checkpoint. A trial
     checkpoints every epoch, so epochs of a few seconds (the demo's) force a snapshot every few seconds, and Tune
     warns each time, advising more checkpoints kept or fewer written: :data:`KEEP_CHECKPOINTS` and a checkpoint
-    per epoch are the sweep's deliberate choice. Tune reads the variable when the fit starts; it is put back after.
+    per epoch are the sweep's deliberate choice. Tune reads the variable when the fit starts, in this process (with Ray
+    Client, ``ray://``, the fit runs on the cluster and Tune warns as before); it is put back after.
     """
     if SNAPSHOT_WARNING in os.environ:
         yield
