@@ -13,8 +13,8 @@ the driver and Ray's own processes take cores the one-slot layout leaves idle. W
 run as equal machines: each node's processes (Ray's, and the worker processes that run the trials) are held to
 cores of their own with ``os.sched_setaffinity`` (inherited by the processes a node starts; every process below
 each node checked twice a second during the sweep, and every trial's process must have been seen), the driver's
-with the head's, as a ``ray job submit`` driver runs on
-the head. Nothing in Ray or the standard library does this for ``cluster_utils`` nodes, hence the few lines here.
+with the head's, as a ``ray job submit`` driver runs on the head. Nothing in Ray or the standard library does this
+for ``cluster_utils`` nodes, hence the few lines here.
 
 The TPE sampler is seeded and samples at random for all trials (``n_startup_trials`` = trials), so every layout
 runs the same trial configurations (checked). Each layout runs ``--repeats`` times, interleaved (the order
@@ -88,7 +88,8 @@ TARGET_TWO_NODES = 1.85
 @dataclass(frozen=True)
 class Layout:
     """A ``ray.cluster_utils.Cluster``: CPUs of the head node, then of each added worker node; ``pinned``: each
-    node's processes (the driver's with the head's) held to as many cores of their own (see :func:`node_cores`, :func:`pin_process`)."""
+    node's processes (the driver's with the head's) held to as many cores of their own (see :func:`node_cores`,
+    :func:`pin_process`)."""
 
     label: str
     node_cpus: tuple[int, ...]
@@ -569,9 +570,9 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
     ]
     lines += [
         "",
-        (f"The driver: {two.driver_cpu_per_trial_s:.2f} s of CPU per trial on two nodes ({one.driver_cpu_per_trial_s:.2f} "
-         f"s on one), {100 * two.driver_cpu_s / two.wall_s:.0f}% of a core during the two-node sweep. One driver serves "
-         f"every node, so trials of this size cannot finish faster than about "
+        (f"The driver: {two.driver_cpu_per_trial_s:.2f} s of CPU per trial on two nodes "
+         f"({one.driver_cpu_per_trial_s:.2f} s on one), {100 * two.driver_cpu_s / two.wall_s:.0f}% of a core during "
+         f"the two-node sweep. One driver serves every node, so trials of this size cannot finish faster than about "
          f"{60 / two.driver_cpu_per_trial_s:.0f} per minute whatever the cluster (a heavier trial moves the ceiling "
          "up in proportion: the driver's work per trial does not grow with the trial's)."),
     ]
