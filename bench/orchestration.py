@@ -14,7 +14,9 @@ run as equal machines: each node's processes (Ray's, and the worker processes th
 cores of their own with ``os.sched_setaffinity`` (inherited by the processes a node starts; every process below
 each node checked twice a second during the sweep, and every trial's process must have been seen), the driver's
 with the head's, as a ``ray job submit`` driver runs on the head. Nothing in Ray or the standard library does this
-for ``cluster_utils`` nodes, hence the few lines here.
+for ``cluster_utils`` nodes, hence the few lines here. With ``--dedicated-head`` the same trial nodes are workers
+added beside a head node that runs no trials (``num_cpus`` 0, as ``k8s/base`` sets up a KubeRay cluster), where the
+driver and Ray's head processes run: pinned, the head gets a core of its own (3 cores for the two-node layout).
 
 The TPE sampler is seeded and samples at random for all trials (``n_startup_trials`` = trials), so every layout
 runs the same trial configurations (checked). Each layout runs ``--repeats`` times, interleaved (the order
@@ -49,11 +51,13 @@ Per layout:
   60 / this is a ceiling on trials per minute of this size, however many nodes run them.
 
 Writes the table with machine and version information to ``docs/benchmarks.md`` (section
-``orchestration``, ``orchestration_pinned`` with ``--pin``; with another ``--trials`` N, ``_<N>trials`` appended)
+``orchestration``, ``orchestration_pinned`` with ``--pin``, ``_dedicated_head`` appended with ``--dedicated-head``;
+with another ``--trials`` N, ``_<N>trials`` appended)
 unless ``--no-write``. Run
 from the repository root::
 
-    python -m bench.orchestration [--trials 6] [--repeats 3] [--pin] [--baseline REF] [--no-warmup] [--no-write]
+    python -m bench.orchestration [--trials 6] [--repeats 3] [--pin] [--dedicated-head] [--baseline REF]
+                                  [--no-warmup] [--no-write]
 """
 
 from __future__ import annotations
@@ -87,17 +91,35 @@ TARGET_TWO_NODES = 1.85
 
 @dataclass(frozen=True)
 class Layout:
-    """A ``ray.cluster_utils.Cluster``: CPUs of the head node, then of each added worker node; ``pinned``: each
-    node's processes (the driver's with the head's) held to as many cores of their own (see :func:`node_cores`,
-    :func:`pin_process`)."""
+    """A ``ray.cluster_utils.Cluster``: CPUs of the nodes that run trials, the head's first unless
+    ``dedicated_head``; ``dedicated_head``: the head (and the driver) runs no trials (``num_cpus`` 0, as in
+    ``k8s/base``) and every entry of ``node_cpus`` is an added worker node; ``pinned``: each node's processes (the
+    driver's with the head's) held to as many cores of their own, a dedicated head to one core (see
+    :func:`node_cores`, :func:`pin_process`)."""
 
     label: str
     node_cpus: tuple[int, ...]
     pinned: bool = False
+    dedicated_head: bool = False
 
     @property
     def cpus(self) -> int:
+        """CPUs for trials (Ray's logical resources; one trial each): the slots."""
         return sum(self.node_cpus)
+
+    @property
+    def cores(self) -> int:
+        """Cores a pinned layout needs: one per trial CPU, and one more for a dedicated head."""
+        return self.cpus + int(self.dedicated_head)
+
+    @property
+    def head_cpus(self) -> int:
+        return 0 if self.dedicated_head else self.node_cpus[0]
+
+    @property
+    def worker_cpus(self) -> tuple[int, ...]:
+        """CPUs of each added worker node, in the order they are added."""
+        return self.node_cpus if self.dedicated_head else self.node_cpus[1:]
 
 
 LAYOUTS = (
@@ -105,19 +127,27 @@ LAYOUTS = (
     Layout("2 nodes x 1 CPU", (1, 1)),
     Layout("1 node x 2 CPUs", (2,)),
 )
-#: ``--pin``: the same layouts as equal machines, every node on cores of its own
-PINNED_LAYOUTS = tuple(Layout(f"{layout.label} (pinned)", layout.node_cpus, pinned=True) for layout in LAYOUTS)
+
+
+def layouts(pinned: bool = False, dedicated_head: bool = False) -> tuple[Layout, ...]:
+    """:data:`LAYOUTS` as measured: ``pinned`` (``--pin``), every node on cores of its own, as equal machines;
+    ``dedicated_head`` (``--dedicated-head``), the same trial nodes as workers beside a head that runs no trials."""
+    def label(layout: Layout) -> str:
+        text = f"head + {layout.label}" if dedicated_head else layout.label
+        return f"{text} (pinned)" if pinned else text
+
+    return tuple(Layout(label(layout), layout.node_cpus, pinned, dedicated_head) for layout in LAYOUTS)
 
 
 def node_cores(layout: Layout) -> list[set[int]]:
-    """The cores each node of a pinned layout gets, in node order (head first): consecutive cores of those this
-    process may use."""
+    """The cores each node of a pinned layout gets, in node order (head first, one core for a dedicated head):
+    consecutive cores of those this process may use."""
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < layout.cpus:
-        raise RuntimeError(f"{layout.label}: needs {layout.cpus} cores of its own, this process may use "
+    if len(cores) < layout.cores:
+        raise RuntimeError(f"{layout.label}: needs {layout.cores} cores of its own, this process may use "
                            f"{len(cores)} ({cores})")
     out, start = [], 0
-    for n in layout.node_cpus:
+    for n in ((1,) if layout.dedicated_head else ()) + layout.node_cpus:
         out.append(set(cores[start:start + n]))
         start += n
     return out
@@ -184,14 +214,13 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["layout"] = {"label": self.layout.label, "node_cpus": list(self.layout.node_cpus),
-                         "pinned": self.layout.pinned}
+        out["layout"] = {**asdict(self.layout), "node_cpus": list(self.layout.node_cpus)}
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
         data = dict(data)
-        data["layout"] = Layout(data["layout"]["label"], tuple(data["layout"]["node_cpus"]), data["layout"]["pinned"])
+        data["layout"] = Layout(**{**data["layout"], "node_cpus": tuple(data["layout"]["node_cpus"])})
         return cls(**data)
 
 
@@ -259,20 +288,21 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     from orchestrator.runtime import run_sweep
     from orchestrator.space import parse_space
 
-    name = "bench-" + layout.label.replace(" (pinned)", "-pinned").replace(" ", "").replace("x", "-")
+    name = "bench-" + (layout.label.replace(" (pinned)", "-pinned").replace(" + ", "-").replace(" ", "")
+                       .replace("x", "-"))
     workdir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     store_init = prepare_stores(workdir, uri)
     space = parse_space(tiny_space(name, trials, layout.cpus), source="<bench>")
     everywhere = os.sched_getaffinity(0)
-    cores = node_cores(layout) if layout.pinned else [everywhere] * len(layout.node_cpus)
+    cores = node_cores(layout) if layout.pinned else [everywhere] * (len(layout.worker_cpus) + 1)
     pin_process(cores[0])  # the driver, and the head node's processes it starts, on the head's cores
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": layout.node_cpus[0], "include_dashboard": False})
+                      head_node_args={"num_cpus": layout.head_cpus, "include_dashboard": False})
     try:
         nodes = [cluster.head_node]
-        for cpus, own in zip(layout.node_cpus[1:], cores[1:]):
+        for cpus, own in zip(layout.worker_cpus, cores[1:]):
             os.sched_setaffinity(0, own)  # this thread starts the node's processes: they inherit its cores
             nodes.append(cluster.add_node(num_cpus=cpus))
             os.sched_setaffinity(0, cores[0])
@@ -404,8 +434,8 @@ def serve(warmup: bool) -> int:
     print(DONE, Path(orchestrator.__file__).resolve().parent, flush=True)  # which code this child runs
     for line in sys.stdin:
         command = json.loads(line)
-        layouts = PINNED_LAYOUTS if command["pinned"] else LAYOUTS
-        m = measure(layouts[command["layout"]], command["trials"], Path(command["workdir"]))
+        layout = layouts(command["pinned"], command["dedicated_head"])[command["layout"]]
+        m = measure(layout, command["trials"], Path(command["workdir"]))
         Path(command["out"]).write_text(json.dumps(m.to_json()))
         print(DONE, flush=True)
     return 0
@@ -437,11 +467,11 @@ class Child:
             sys.stderr.write(f"[{self.label}] {line}")
         raise RuntimeError(f"{self.label}: the benchmark child exited with {self.proc.wait()}")
 
-    def measure(self, layout: int, pinned: bool, trials: int, workdir: Path) -> Measurement:
+    def measure(self, layout: int, pinned: bool, dedicated_head: bool, trials: int, workdir: Path) -> Measurement:
         out = workdir / "measurement.json"
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"layout": layout, "pinned": pinned, "trials": trials,
-                                          "workdir": str(workdir), "out": str(out)}) + "\n")
+        self.proc.stdin.write(json.dumps({"layout": layout, "pinned": pinned, "dedicated_head": dedicated_head,
+                                          "trials": trials, "workdir": str(workdir), "out": str(out)}) + "\n")
         self.proc.stdin.flush()
         self._wait()
         return Measurement.from_json(json.loads(out.read_text()))
@@ -469,8 +499,8 @@ def baseline_tree(ref: str, workdir: Path) -> tuple[str, Path]:
     return sha, tree
 
 
-def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | None, pin: bool = False
-        ) -> dict[str, list[list[Measurement]]]:
+def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | None, pin: bool = False,
+        dedicated_head: bool = False) -> dict[str, list[list[Measurement]]]:
     """``repeats`` rounds over every (code version, layout) pair, the order rotating each round; per version one
     list of repeats per layout."""
     versions: dict[str, Path] = {f"{_git_sha()} (this checkout)": ROOT}
@@ -484,7 +514,8 @@ def run(trials: int, repeats: int, warmup: bool, workdir: Path, baseline: str | 
         for r in range(repeats):
             for k in range(len(pairs)):
                 label, i = pairs[(k + r) % len(pairs)]
-                m = children[label].measure(i, pin, trials, workdir / f"r{r}-{label.split()[0]}-layout{i}")
+                m = children[label].measure(i, pin, dedicated_head, trials,
+                                            workdir / f"r{r}-{label.split()[0]}-layout{i}")
                 print(f"[{r + 1}/{repeats}] {label}, {m.layout.label}: wall {m.wall_s:.1f} s, trials "
                       f"{sum(m.trial_s):.1f} s in total, overhead/trial {m.overhead_per_trial_s:.2f} s, "
                       f"{m.throughput_per_min:.1f} trials/min (steady {m.steady_throughput_per_min:.1f}), per node "
@@ -508,12 +539,14 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
     labels = list(results)
     repeats = len(results[labels[0]][0])
     baseline = next((label for label in labels if label.endswith("(baseline)")), None)
-    pinned = results[labels[0]][0][0].layout.pinned
-    command = f"python -m bench.orchestration --trials {trials} --repeats {repeats}" + (" --pin" if pinned else "")
+    pinned, dedicated = results[labels[0]][0][0].layout.pinned, results[labels[0]][0][0].layout.dedicated_head
+    command = (f"python -m bench.orchestration --trials {trials} --repeats {repeats}" + (" --pin" if pinned else "")
+               + (" --dedicated-head" if dedicated else ""))
     if baseline is not None:
         command += f" --baseline {baseline.split()[0]}"
     lines = [
         (f"## Sweep orchestration: overhead per trial and throughput, 1 vs 2 Ray nodes ({trials} trials"
+         + (", a head node that runs no trials" if dedicated else "")
          + (", each node on cores of its own)" if pinned else ")")),
         "",
         (f"Measured by `{command}` on {_machine()}; {_versions()}; {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} "
@@ -586,7 +619,19 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
              f"nodes {two.throughput_per_min / b_two.throughput_per_min:.2f}x the baseline's; its two nodes vs one: "
              f"{b_two.throughput_per_min / b_one.throughput_per_min:.2f}x."),
         ]
-    if pinned:
+    if pinned and dedicated:
+        head, *workers = node_cores(two.layout)
+        cores = " and ".join(f"worker node {i + 1} on core{'s' if len(c) > 1 else ''} {', '.join(map(str, sorted(c)))}"
+                             for i, c in enumerate(workers))
+        lines += [
+            "",
+            (f"Pinned, with a dedicated head: the head node (`num_cpus` 0: it runs no trials, as in `k8s/base`) and "
+             f"the driver on core {', '.join(map(str, sorted(head)))}, {cores} (checked for every Ray process and "
+             "trial worker): one or two equal one-core worker machines beside a head of their own, the way a "
+             "KubeRay cluster grows. The head's core does the driver's work (Tune, the MLflow writes) for every "
+             "trial of the cluster, so it is what the throughput ratio depends on once trials are this short."),
+        ]
+    elif pinned:
         cores = " and ".join(f"node {i + 1} on core{'s' if len(c) > 1 else ''} {', '.join(map(str, sorted(c)))}"
                              for i, c in enumerate(node_cores(two.layout)))
         lines += [
@@ -597,13 +642,14 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
              "many per minute with two nodes; and a trial on either node waits for the driver at every report (a "
              "Tune function trainable goes on once the driver has taken its result), so the trials of both nodes "
              "take longer than on one node (the trial time column). On a cluster the head should run no trials "
-             "(`num-cpus: \"0\"`, as in `k8s/base`), leaving its cores to the driver."),
+             "(`num-cpus: \"0\"`, as in `k8s/base`), leaving its cores to the driver; `--dedicated-head` measures "
+             "that layout (it needs 3 cores to pin)."),
         ]
     lines += [
         "",
         (f"{os.cpu_count()} cores on this machine, shared with other work while measuring (the load average above "
          "counts it): "
-         + ("" if pinned else "every process may use both cores, so the one-slot layouts run the driver and Ray's "
+         + ("" if pinned else "every process may use every core, so the one-slot layouts run the driver and Ray's "
             "own processes on the core their trial leaves free, while in the two-slot layouts they take time from the "
             "trials (the trial times include that contention); ")
          + "every worker process pays its imports and first-trial warm-up once, so a few short trials cannot make "
@@ -650,7 +696,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure git revision REF in the same rounds (before/after)")
     parser.add_argument("--pin", action="store_true",
                         help="equal machines: every node's processes (the driver's with the head's) on cores of "
-                             "their own (needs 2 cores; writes the section orchestration_pinned[_<N>trials])")
+                             "their own (needs 2 cores, 3 with --dedicated-head; writes the section "
+                             "orchestration_pinned[_dedicated_head][_<N>trials])")
+    parser.add_argument("--dedicated-head", action="store_true",
+                        help="the trial nodes as workers beside a head (and driver) that runs no trials, as in "
+                             "k8s/base (the section gets _dedicated_head)")
     parser.add_argument("--no-warmup", action="store_true", help="skip each child's unmeasured warm-up sweep")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # child mode (see serve)
@@ -661,17 +711,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--trials={args.trials}: at least 3 trials are needed (two slots, then a steady state)")
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats}: at least 1")
-    usable, needed = len(os.sched_getaffinity(0)), max(layout.cpus for layout in PINNED_LAYOUTS)
+    usable, needed = len(os.sched_getaffinity(0)), max(layout.cores for layout in layouts(True, args.dedicated_head))
     if args.pin and usable < needed:
-        parser.error(f"--pin: the layouts need {needed} cores of their own, this process may use {usable}")
+        flags = "--pin --dedicated-head" if args.dedicated_head else "--pin"
+        parser.error(f"{flags}: the layouts need {needed} cores of their own, this process may use {usable}")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="qshield-bench-") as tmp:
-        results = run(args.trials, args.repeats, not args.no_warmup, Path(tmp), args.baseline, args.pin)
+        results = run(args.trials, args.repeats, not args.no_warmup, Path(tmp), args.baseline, args.pin,
+                      args.dedicated_head)
     text = render(results, args.trials, (load_before, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
         # the issue's 6-trial sweep has the section "orchestration"; another size gets its own section beside it
-        section = SECTION + ("_pinned" if args.pin else "")
+        section = SECTION + ("_pinned" if args.pin else "") + ("_dedicated_head" if args.dedicated_head else "")
         write_section(text, section if args.trials == DEFAULT_TRIALS else f"{section}_{args.trials}trials")
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
