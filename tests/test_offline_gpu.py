@@ -1,0 +1,154 @@
+"""``scripts/offline-gpu.sh``: the GPU check's environment on a GPU machine without network access.
+
+Its download step (``wheels``) needs a package registry and is not run here; everything after it is: a real wheel
+(built here, in the wheel format pip installs) is packed into an archive in parts, staged part by part, joined,
+checked and installed by pip into a target folder, and a command then runs with that folder and the checkout on
+its path. Damaged or missing parts and bad arguments are refused with a message naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "offline-gpu.sh"
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def make_wheel(folder: Path, name: str, value: str) -> Path:
+    """A pure-Python wheel holding module ``name`` with ``VALUE = value`` (PEP 427 layout, RECORD with hashes)."""
+    dist = f"{name}-0.1.dist-info"
+    files = {
+        f"{name}.py": f"VALUE = {value!r}\n".encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: qshield-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "\n".join([*(_record_line(k, v) for k, v in files.items()), f"{dist}/RECORD,,"]) + "\n"
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, data in files.items():
+            zf.writestr(key, data)
+        zf.writestr(f"{dist}/RECORD", record)
+    return path
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHON": sys.executable, "QSHIELD_WHEELHOUSE": str(tmp_path / "house"),
+            "QSHIELD_SITE": str(tmp_path / "site"), "QSHIELD_OUT": str(tmp_path / "out")}
+
+
+@pytest.fixture()
+def packed(tmp_path: Path, env: dict[str, str]) -> Path:
+    """Two wheels in DIR/all, packed into an archive of 3 parts."""
+    folder = tmp_path / "wheels"
+    (folder / "all").mkdir(parents=True)
+    make_wheel(folder / "all", "qshield_offline_probe_a", "a" * 3000)
+    make_wheel(folder / "all", "qshield_offline_probe_b", os.urandom(2000).hex())  # random: no part is empty
+    out = run("pack", str(folder), "3", env=env)
+    assert out.returncode == 0, out.stderr
+    return folder
+
+
+def test_parts_staged_one_by_one_are_joined_checked_installed_and_put_on_the_path(
+        packed: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    parts = sorted(packed.glob("part-*"))
+    assert [p.name for p in parts] == ["part-1", "part-2", "part-3"]
+    sizes = [sum(f.stat().st_size for f in p.glob("wheels.tar.xz.part*")) for p in parts]
+    assert max(sizes) - min(sizes) <= 2  # equal parts (split -n)
+    for part in parts[:2]:
+        assert run("stage", str(part), env=env).returncode == 0
+    probe = ("import os, qshield_offline_probe_a as a, qshield_offline_probe_b as b; "
+             "print(len(a.VALUE), len(b.VALUE), a.__file__); print(os.environ['PYTEST_ADDOPTS'])")
+    early = run("check", "--", sys.executable, "-c", probe, env=env)
+    assert early.returncode == 2
+    assert "2 of the archive's 3 parts" in early.stderr and "stage the others first" in early.stderr
+    done = run("check", str(parts[2]), "--", sys.executable, "-c", probe, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    count_a, count_b, where = lines[0].split()
+    assert (count_a, count_b) == ("3000", "4000")
+    assert Path(where).parent == tmp_path / "site"  # installed by pip into the target folder, imported from there
+    assert "--ignore=tests/test_k8s.py" in lines[1]
+    assert "environment ok" in done.stderr
+    assert (tmp_path / "out" / "benchmarks.md").read_bytes() == (ROOT / "docs" / "benchmarks.md").read_bytes()
+    assert not list((tmp_path / "house").glob("wheels.tar.xz*"))  # the archive is gone once unpacked
+
+
+def test_a_damaged_part_is_refused_before_anything_is_installed(packed: Path, tmp_path: Path,
+                                                                env: dict[str, str]) -> None:
+    piece = next((packed / "part-2").glob("wheels.tar.xz.part*"))
+    data = bytearray(piece.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    piece.write_bytes(bytes(data))
+    out = run("check", *(str(p) for p in sorted(packed.glob("part-*"))), "--", "true", env=env)
+    assert out.returncode == 2
+    assert "sha256 is not its manifest's" in out.stderr
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_command_failing_in_the_environment_fails_the_check(packed: Path, env: dict[str, str]) -> None:
+    out = run("check", *(str(p) for p in sorted(packed.glob("part-*"))), "--", sys.executable, "-c",
+              "raise SystemExit(5)", env=env)
+    assert out.returncode == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["wheels", "DIR", "--parts", "0"], "--parts '0': expected a whole number >= 1"),
+        (["wheels", "DIR", "--python", "312"], "--python '312': expected 3.N"),
+        (["wheels", "DIR", "--parts"], "--parts needs a value"),
+        (["wheels", "DIR", "--have", "/nonexistent/have.txt"], "--have '/nonexistent/have.txt': no such file"),
+        (["wheels", "DIR", "--fast"], "unknown argument '--fast' (allowed: --python X.Y, --have FILE, --parts N)"),
+        (["pack", "DIR", "2"], "has no folder all/ of wheels"),
+        (["stage", "/nonexistent/folder"], "'/nonexistent/folder' is not a folder of wheels"),
+        (["check"], "no wheels in"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_field_and_the_allowed_values(
+        args: list[str], message: str, tmp_path: Path, env: dict[str, str]) -> None:
+    args = [str(tmp_path / "dl") if a == "DIR" else a for a in args]
+    out = run(*args, env=env)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert not (tmp_path / "dl" / "all").exists() or not any((tmp_path / "dl" / "all").iterdir())
+
+
+def test_unknown_subcommand_prints_the_usage() -> None:
+    out = subprocess.run(["bash", str(SCRIPT), "upload"], capture_output=True, text=True, check=False)
+    assert out.returncode == 2
+    assert "offline-gpu.sh wheels DIR" in out.stdout and "offline-gpu.sh check" in out.stdout
+
+
+def test_what_the_check_leaves_out_exists() -> None:
+    """The packages left out are locked ones (a name that left the lock would silently skip nothing) and the test
+    modules left out of the check's pytest run exist and hold no GPU test."""
+    text = SCRIPT.read_text()
+    names = re.search(r'NOT_FOR_GPU_CHECK="([^"]*)"', text).group(1).split()
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    locked = {norm(line.split("==")[0]) for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert names and {norm(n) for n in names} <= locked, sorted({norm(n) for n in names} - locked)
+    ignored = re.search(r'IGNORED_TESTS="([^"]*)"', text).group(1).split()
+    for module in ignored:
+        source = (ROOT / module).read_text()
+        assert "mark.gpu" not in source and "pytestmark" not in source
