@@ -1,6 +1,7 @@
 """``scripts/offline-gpu.sh``: the GPU check's environment on a GPU machine without network access.
 
-Its download step (``wheels``) needs a package registry and is not run here; everything after it is: a real wheel
+Its download (``pip download`` in ``wheels``) needs a package registry: here a stand-in interpreter records it
+instead, and the requirements it is given are checked. Everything after it runs for real: a real wheel
 (built here, in the wheel format pip installs) is packed into an archive in parts, staged part by part, joined,
 checked and installed by pip into a target folder, and a command then runs with that folder and the checkout on
 its path. Damaged or missing parts and bad arguments are refused with a message naming what is wrong.
@@ -45,8 +46,8 @@ def make_wheel(folder: Path, name: str, value: str) -> Path:
     return path
 
 
-def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+def run(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600, check=False)
 
 
@@ -114,11 +115,13 @@ def test_a_command_failing_in_the_environment_fails_the_check(packed: Path, env:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["wheels", "DIR", "--parts", "0"], "--parts '0': expected a whole number >= 1"),
+        (["wheels", "DIR", "--parts", "0"], "--parts '0': expected a whole number from 1 to 99"),
+        (["wheels", "DIR", "--parts", "100"], "--parts '100': expected a whole number from 1 to 99"),
+        (["wheels", "DIR"], "--have FILE is required"),
         (["wheels", "DIR", "--python", "312"], "--python '312': expected 3.N"),
         (["wheels", "DIR", "--parts"], "--parts needs a value"),
         (["wheels", "DIR", "--have", "/nonexistent/have.txt"], "--have '/nonexistent/have.txt': no such file"),
-        (["wheels", "DIR", "--fast"], "unknown argument '--fast' (allowed: --python X.Y, --have FILE, --parts N)"),
+        (["wheels", "DIR", "--fast"], "unknown argument '--fast' (allowed: --have FILE, --python X.Y, --parts N)"),
         (["pack", "DIR", "2"], "has no folder all/ of wheels"),
         (["stage", "/nonexistent/folder"], "'/nonexistent/folder' is not a folder of wheels"),
         (["check"], "no wheels in"),
@@ -152,3 +155,48 @@ def test_what_the_check_leaves_out_exists() -> None:
     for module in ignored:
         source = (ROOT / module).read_text()
         assert "mark.gpu" not in source and "pytestmark" not in source
+
+
+def test_wheels_asks_pip_for_the_locked_packages_the_target_lacks_and_the_check_imports(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    """A stand-in for the interpreter records ``pip download`` (no registry here) and runs everything else."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    'if [ "$1 $2 $3" = "-m pip download" ]; then printf "%s\\n" "$@" > "$0.args"; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    have = tmp_path / "have.txt"
+    have.write_text("numpy==1.26.4\nray==2.60.0\nMLflow @ file:///wheels/mlflow.whl\nPyYAML\n")
+    locked = {line.split("==")[0]: line.split("==")[1]
+              for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    out = run("wheels", "dl", "--have", str(have), "--python", "3.12", env={**env, "PYTHON": str(fake)}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    asked = [line.split("==")[0] for line in (tmp_path / "dl" / "requirements.txt").read_text().splitlines()]
+    skipped = re.search(r'NOT_FOR_GPU_CHECK="([^"]*)"', SCRIPT.read_text()).group(1).split()
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    expected = [n for n in locked if norm(n) not in {"numpy", "ray", "mlflow", "pyyaml"} | {norm(k) for k in skipped}]
+    assert asked == expected
+    assert "pennylane" in asked and "torchattacks" in asked
+    if locked["numpy"] != "1.26.4":
+        assert f"the target has numpy 1.26.4, the lock pins {locked['numpy']}" in out.stderr
+    assert "the target has ray" not in out.stderr  # the same version: nothing to say
+    args = (tmp_path / "python.args").read_text().split()
+    assert args[args.index("--python-version") + 1] == "3.12" and "--only-binary=:all:" in args
+    assert args[args.index("-r") + 1] == str(tmp_path / "dl" / "requirements.txt")  # relative DIR: from the cwd
+
+
+def test_loose_wheels_from_a_relative_folder_and_a_wheelhouse_left_from_another_download(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "all").mkdir()
+    make_wheel(tmp_path / "all", "qshield_offline_probe_c", "one")
+    probe = ["--", sys.executable, "-c", "import qshield_offline_probe_c as c; print(c.VALUE)"]
+    out = run("check", "all", *probe, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "one"
+    (tmp_path / "newer").mkdir()
+    newer = make_wheel(tmp_path / "newer", "qshield_offline_probe_c", "two")
+    newer.rename(newer.with_name("qshield_offline_probe_c-0.2-py3-none-any.whl"))
+    out = run("check", "newer", *probe, env=env, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "holds two versions of: qshield-offline-probe-c" in out.stderr
