@@ -108,18 +108,14 @@ class Layout:
         return sum(self.node_cpus)
 
     @property
+    def nodes(self) -> tuple[int, ...]:
+        """Ray's CPUs of every node of the cluster, the head first (0 for a dedicated head)."""
+        return ((0,) if self.dedicated_head else ()) + self.node_cpus
+
+    @property
     def cores(self) -> int:
-        """Cores a pinned layout needs: one per trial CPU, and one more for a dedicated head."""
-        return self.cpus + int(self.dedicated_head)
-
-    @property
-    def head_cpus(self) -> int:
-        return 0 if self.dedicated_head else self.node_cpus[0]
-
-    @property
-    def worker_cpus(self) -> tuple[int, ...]:
-        """CPUs of each added worker node, in the order they are added."""
-        return self.node_cpus if self.dedicated_head else self.node_cpus[1:]
+        """Cores a pinned layout needs: one per trial CPU, and one for a dedicated head (see :func:`node_cores`)."""
+        return sum(max(n, 1) for n in self.nodes)
 
 
 LAYOUTS = (
@@ -147,7 +143,7 @@ def node_cores(layout: Layout) -> list[set[int]]:
         raise RuntimeError(f"{layout.label}: needs {layout.cores} cores of its own, this process may use "
                            f"{len(cores)} ({cores})")
     out, start = [], 0
-    for n in ((1,) if layout.dedicated_head else ()) + layout.node_cpus:
+    for n in (max(n, 1) for n in layout.nodes):  # a dedicated head runs no trial but Ray's processes and the driver
         out.append(set(cores[start:start + n]))
         start += n
     return out
@@ -295,14 +291,14 @@ def measure(layout: Layout, trials: int, workdir: Path) -> Measurement:
     store_init = prepare_stores(workdir, uri)
     space = parse_space(tiny_space(name, trials, layout.cpus), source="<bench>")
     everywhere = os.sched_getaffinity(0)
-    cores = node_cores(layout) if layout.pinned else [everywhere] * (len(layout.worker_cpus) + 1)
+    cores = node_cores(layout) if layout.pinned else [everywhere] * len(layout.nodes)
     pin_process(cores[0])  # the driver, and the head node's processes it starts, on the head's cores
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": layout.head_cpus, "include_dashboard": False})
+                      head_node_args={"num_cpus": layout.nodes[0], "include_dashboard": False})
     try:
         nodes = [cluster.head_node]
-        for cpus, own in zip(layout.worker_cpus, cores[1:]):
+        for cpus, own in zip(layout.nodes[1:], cores[1:]):
             os.sched_setaffinity(0, own)  # this thread starts the node's processes: they inherit its cores
             nodes.append(cluster.add_node(num_cpus=cpus))
             os.sched_setaffinity(0, cores[0])
@@ -539,7 +535,8 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
     labels = list(results)
     repeats = len(results[labels[0]][0])
     baseline = next((label for label in labels if label.endswith("(baseline)")), None)
-    pinned, dedicated = results[labels[0]][0][0].layout.pinned, results[labels[0]][0][0].layout.dedicated_head
+    first = results[labels[0]][0][0].layout
+    pinned, dedicated = first.pinned, first.dedicated_head
     command = (f"python -m bench.orchestration --trials {trials} --repeats {repeats}" + (" --pin" if pinned else "")
                + (" --dedicated-head" if dedicated else ""))
     if baseline is not None:
@@ -619,10 +616,13 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
              f"nodes {two.throughput_per_min / b_two.throughput_per_min:.2f}x the baseline's; its two nodes vs one: "
              f"{b_two.throughput_per_min / b_one.throughput_per_min:.2f}x."),
         ]
+    def on_cores(nodes: list[set[int]], what: str) -> str:
+        return " and ".join(f"{what} {i + 1} on core{'s' if len(c) > 1 else ''} {', '.join(map(str, sorted(c)))}"
+                            for i, c in enumerate(nodes))
+
     if pinned and dedicated:
         head, *workers = node_cores(two.layout)
-        cores = " and ".join(f"worker node {i + 1} on core{'s' if len(c) > 1 else ''} {', '.join(map(str, sorted(c)))}"
-                             for i, c in enumerate(workers))
+        cores = on_cores(workers, "worker node")
         lines += [
             "",
             (f"Pinned, with a dedicated head: the head node (`num_cpus` 0: it runs no trials, as in `k8s/base`) and "
@@ -632,8 +632,7 @@ def render(results: dict[str, list[list[Measurement]]], trials: int, load: tuple
              "trial of the cluster, so it is what the throughput ratio depends on once trials are this short."),
         ]
     elif pinned:
-        cores = " and ".join(f"node {i + 1} on core{'s' if len(c) > 1 else ''} {', '.join(map(str, sorted(c)))}"
-                             for i, c in enumerate(node_cores(two.layout)))
+        cores = on_cores(node_cores(two.layout), "node")
         lines += [
             "",
             (f"Pinned: every node's processes held to cores of their own ({cores}; checked for every Ray process "
