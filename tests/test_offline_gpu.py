@@ -24,6 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "offline-gpu.sh"
 
 
+def norm(name: str) -> str:
+    """A project name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _record_line(name: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{name},sha256={digest},{len(data)}"
@@ -147,7 +152,6 @@ def test_what_the_check_leaves_out_exists() -> None:
     modules left out of the check's pytest run exist and hold no GPU test."""
     text = SCRIPT.read_text()
     names = re.search(r'NOT_FOR_GPU_CHECK="([^"]*)"', text).group(1).split()
-    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
     locked = {norm(line.split("==")[0]) for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     assert names and {norm(n) for n in names} <= locked, sorted({norm(n) for n in names} - locked)
@@ -174,7 +178,6 @@ def test_wheels_asks_pip_for_the_locked_packages_the_target_lacks_and_the_check_
     assert out.returncode == 0, out.stderr
     asked = [line.split("==")[0] for line in (tmp_path / "dl" / "requirements.txt").read_text().splitlines()]
     skipped = re.search(r'NOT_FOR_GPU_CHECK="([^"]*)"', SCRIPT.read_text()).group(1).split()
-    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
     expected = [n for n in locked if norm(n) not in {"numpy", "ray", "mlflow", "pyyaml"} | {norm(k) for k in skipped}]
     assert asked == expected
     assert "pennylane" in asked and "torchattacks" in asked

@@ -315,7 +315,8 @@ class _Messages(logging.Handler):
 
 def tensorboard_tags(path: Path) -> tuple[set[str], set[str]]:
     """(scalar tags, histogram tags) of a TensorBoard event file, read record by record with tensorboardX's protobuf
-    (a TFRecord: 8-byte length, 4-byte CRC, the serialized ``Event``, 4-byte CRC)."""
+    (a TFRecord: 8-byte length, 4-byte CRC, the serialized ``Event``, 4-byte CRC). Read by hand because the
+    environment has tensorboardX, a writer, but not tensorboard, whose ``EventFileLoader`` would read it."""
     from tensorboardX.proto import event_pb2
 
     scalars, histograms = set(), set()
