@@ -37,6 +37,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after the sweep, register its champion (with the space's selection rule, or the one "
                              "named here)")
     parser.add_argument("--model-name", help="registered model name for --select (default: qshield-<sweep>)")
+    parser.add_argument("--allow-flagged", action="store_true",
+                        help="for --select: when every trial is flagged (masking, near chance, ...), register the best "
+                             "of them anyway, tagged qshield.trustworthy=false (see `qshield select --allow-flagged`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +76,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         try:
             sel = select_and_card(result.name, model_name=args.model_name,
                                   rule=None if args.select == "space" else args.select,
-                                  experiment=args.experiment, tracking_uri=result.tracking_uri)
+                                  experiment=args.experiment, tracking_uri=result.tracking_uri,
+                                  allow_flagged=args.allow_flagged)
         except SelectionError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -18,6 +18,11 @@ Uncertainty: a point may carry ``<objective>_ci_low`` / ``<objective>_ci_high`` 
 ignores an objective whose spread over the front does not exceed the largest half-width of its intervals there
 (the differences are noise), and ``robust_floor`` reports the intervals in its reason.
 
+Trust: :func:`choose` takes each point's *flag* (None for a trial whose robustness numbers can be trusted, else why
+not: an ``EvaluationReport.flag`` such as ``MASKING: ...``). A flagged trial is never chosen while any trial is
+unflagged, whatever its numbers: gradient masking inflates robust accuracy, so the rules would otherwise favour
+exactly the trials whose numbers are least true.
+
 :func:`choose` returns the champion's index together with one sentence saying why it won; :func:`select` returns
 the index alone.
 """
@@ -33,6 +38,7 @@ __all__ = [
     "Direction",
     "Rule",
     "NoFeasiblePointError",
+    "NoTrustworthyPointError",
     "pareto_front",
     "knee_point",
     "weighted_score",
@@ -40,6 +46,7 @@ __all__ = [
     "select",
     "choose",
     "Choice",
+    "selection_metrics",
     "DEFAULT_ACCURACY_FLOOR",
 ]
 
@@ -73,6 +80,12 @@ class Rule(str, enum.Enum):
 
 class NoFeasiblePointError(ValueError):
     """No trial satisfies the constraints (the message lists them and the best value seen for each)."""
+
+
+class NoTrustworthyPointError(ValueError):
+    """Every trial is flagged (masking, near chance, an attack without the adaptive treatment the model needs,
+    diagnostics not run, no attack reaching its ε): none of their robustness numbers can be trusted, so none is
+    chosen (the message lists each trial's flag)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,19 +271,35 @@ def _weighted(oriented: list[list[float]], candidates: Sequence[int], w: list[fl
 
 
 def apply_constraints(points: Sequence[Point], constraints: Mapping[str, float]) -> list[int]:
-    """Indices of the points that satisfy every constraint, ascending (all indices when there are none).
+    """Indices of the points that satisfy every constraint, ascending (all indices when there are none). A point
+    without a finite value for a constrained metric (e.g. ``asr`` when no test image was classified correctly, so
+    none was attacked; NaN or absent) does not satisfy that constraint; a metric that no point has is an error.
 
     Args:
         constraints: ``{"min_<metric>": bound}`` (the metric must be >= bound) and/or ``{"max_<metric>": bound}``
             (<= bound), e.g. ``{"min_accuracy": 0.9, "max_asr": 0.5}`` — ``Constraints.as_dict()`` of a space.
     """
     parsed = _constraints(constraints)
-    rows = _matrix(points, [metric for _, metric, _ in parsed])
-    return [
-        i
-        for i, row in enumerate(rows)
-        if all((v >= bound) if kind == "min" else (v <= bound) for (kind, _, bound), v in zip(parsed, row, strict=True))
-    ]
+    _matrix(points, [])  # checks the sequence and its mappings
+    for kind, metric, _ in parsed:
+        if not any(metric in point for point in points):  # a misspelt metric, not a trial without a value
+            raise ValueError(f"constraint {kind}_{metric}: no point has a value for {metric!r}; points[0] has keys "
+                             f"{sorted(points[0])}")
+    return [i for i, point in enumerate(points) if all(_satisfies(point, c) for c in parsed)]
+
+
+def _value(point: Point, key: str) -> float | None:
+    """``point[key]`` as a float, None when absent or not a finite number."""
+    value = point.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _satisfies(point: Point, constraint: tuple[str, str, float]) -> bool:
+    kind, metric, bound = constraint
+    value = _value(point, metric)
+    return value is not None and (value >= bound if kind == "min" else value <= bound)
 
 
 def _constraints(constraints: Mapping[str, float]) -> list[tuple[str, str, float]]:
@@ -304,10 +333,20 @@ def select(
     primary: str | None = None,
     ids: Sequence[Any] | None = None,
     accuracy_floor: float = DEFAULT_ACCURACY_FLOOR,
+    flags: Sequence[str | None] | None = None,
+    allow_flagged: bool = False,
 ) -> int:
     """Index of the champion among ``points`` (:func:`choose` without the reason)."""
     return choose(points, rule, directions, weights=weights, constraints=constraints, primary=primary, ids=ids,
-                  accuracy_floor=accuracy_floor).index
+                  accuracy_floor=accuracy_floor, flags=flags, allow_flagged=allow_flagged).index
+
+
+def selection_metrics(directions: Mapping[str, Any], constraints: Mapping[str, float] | None = None) -> list[str]:
+    """The metrics a trial record needs for :func:`choose`: the objectives, ``accuracy`` and ``robust_accuracy``
+    (``robust_floor`` and the reasons read them, objectives or not) and every constrained metric, without repeats.
+    Each may come with its ``_ci_low`` / ``_ci_high`` interval."""
+    names = [*map(str, directions), "accuracy", "robust_accuracy", *(m for _, m, _ in _constraints(constraints or {}))]
+    return list(dict.fromkeys(names))
 
 
 def _fmt(p: Point, key: str) -> str:
@@ -328,8 +367,17 @@ def choose(
     primary: str | None = None,
     ids: Sequence[Any] | None = None,
     accuracy_floor: float = DEFAULT_ACCURACY_FLOOR,
+    flags: Sequence[str | None] | None = None,
+    allow_flagged: bool = False,
 ) -> Choice:
-    """The champion among ``points`` and one sentence saying why; constraints (if any) are applied first.
+    """The champion among ``points`` and one sentence saying why; flagged points are set aside and constraints
+    (if any) applied first.
+
+    ``flags``: one per point, None (or empty) when the point's robustness numbers can be trusted, else why not
+    (its ``EvaluationReport.flag``). Flagged points are never chosen while any point is unflagged, and the reason
+    names the ones set aside. When every point is flagged, :class:`NoTrustworthyPointError`, unless
+    ``allow_flagged`` (then the rule chooses among them all and the reason says the champion's numbers are not
+    trustworthy). None: every point is trusted.
 
     Rules:
         * ``robust_floor`` (what a careful person picks): among the feasible points whose ``accuracy`` is at most
@@ -349,7 +397,8 @@ def choose(
         ValueError: unknown rule, ``weights`` missing for ``weighted``/given for another rule, unknown
             ``primary``, ``robust_floor`` without ``accuracy``/``robust_accuracy`` values, a bad
             ``accuracy_floor``, or any bad input of the functions above.
-        NoFeasiblePointError: no point satisfies the constraints.
+        NoTrustworthyPointError: every point is flagged (and not ``allow_flagged``).
+        NoFeasiblePointError: no unflagged point satisfies the constraints.
     """
     try:
         rule = Rule(str(rule).lower())
@@ -377,11 +426,16 @@ def choose(
         ids = list(range(len(rows)))
     elif len(ids) != len(rows):
         raise ValueError(f"ids has {len(ids)} entries for {len(rows)} points; give one id per point")
-    feasible = apply_constraints(points, constraints or {})
+    trusted = _trusted(flags, ids, len(rows), allow_flagged)
+    feasible = [i for i in apply_constraints(points, constraints or {}) if i in trusted]
     if not feasible:
-        raise NoFeasiblePointError(_infeasible_message(points, constraints or {}))
+        raise NoFeasiblePointError(_infeasible_message([points[i] for i in trusted], constraints or {}))
     oriented = _oriented(rows, list(dirs.values()))
-    n_feasible = f"{len(feasible)} of {len(rows)} trials" if constraints else f"{len(rows)} trials"
+    kept = [name for name, on in (("unflagged", len(trusted) < len(rows)), ("feasible", bool(constraints))) if on]
+    n_feasible = f"{len(rows)} trials" + (f" ({len(feasible)} {' and '.join(kept)})" if kept else "")
+
+    def done(best: int, reason: str) -> Choice:
+        return Choice(best, reason + _trust_note(best, flags, ids, trusted))
 
     def tie_key(i: int) -> tuple[Any, ...]:
         return (tuple(-v for v in oriented[i]), ids[i])
@@ -398,14 +452,16 @@ def choose(
         p = points[best]
         reason = (
             f"highest worst-case robust accuracy {_fmt(p, 'robust_accuracy')} among the {len(eligible)} of "
-            f"{n_feasible} whose clean accuracy is within {accuracy_floor:.2f} of the best ({best_acc:.3f}); "
+            f"{n_feasible} whose clean accuracy is within {accuracy_floor:.2f} of the best of them ({best_acc:.3f}); "
             f"clean accuracy {_fmt(p, 'accuracy')}"
         )
         tied = [i for i in by_robust[1:] if float(points[i]["robust_accuracy"]) == float(p["robust_accuracy"])]
         if tied:
-            reason += f"; tied on robust accuracy with {', '.join(str(ids[i]) for i in tied)}, won on {order[0]}"
-            reason += " and the objectives after it" if len(order) > 1 else ""
-        return Choice(best, reason)
+            # the first objective on which it beats the next of the tied trials (else the id decided)
+            decided = next((order[k] for k in range(len(order)) if oriented[best][k] != oriented[tied[0]][k]), None)
+            reason += (f"; tied on robust accuracy with {', '.join(str(ids[i]) for i in tied)}, won on "
+                       + (decided if decided is not None else f"trial id (equal on {', '.join(order)})"))
+        return done(best, reason)
     if rule is Rule.KNEE:
         best, used = _knee(oriented, feasible, _uncertainty(points, order), ids)
         if used:
@@ -417,25 +473,62 @@ def choose(
         else:
             reason = (f"no objective separates the Pareto front of {n_feasible} beyond its 95% interval; best on "
                       f"{', '.join(order)} in order")
-        return Choice(best, reason + "; " + ", ".join(f"{k} {_fmt(points[best], k)}" for k in order))
+        return done(best, reason + "; " + ", ".join(f"{k} {_fmt(points[best], k)}" for k in order))
     if rule is Rule.WEIGHTED:
         scores = _weighted(oriented, feasible, w)
         score_of = dict(zip(feasible, scores, strict=True))
         best = min(feasible, key=lambda i: (-score_of[i], tie_key(i)))
         score = score_of[best]
-        return Choice(best, f"highest weighted score {score:.3f} ({', '.join(f'{k}×{x:g}' for k, x in zip(order, w))})"
-                            f" among {n_feasible}")
+        return done(best, f"highest weighted score {score:.3f} ({', '.join(f'{k}×{x:g}' for k, x in zip(order, w))})"
+                          f" among {n_feasible}")
     first = order.index(primary) if primary is not None else 0
     keys = [first] + [k for k in range(len(order)) if k != first]
     best = min(feasible, key=lambda i: (tuple(-oriented[i][k] for k in keys), ids[i]))
-    return Choice(best, f"best {order[first]} {_fmt(points[best], order[first])} among {n_feasible}, ties broken "
-                        f"by {', '.join(order[k] for k in keys[1:]) or 'id'}")
+    return done(best, f"best {order[first]} {_fmt(points[best], order[first])} among {n_feasible}, ties broken "
+                      f"by {', '.join(order[k] for k in keys[1:]) or 'id'}")
+
+
+def _trusted(flags: Sequence[str | None] | None, ids: Sequence[Any], n: int, allow_flagged: bool) -> list[int]:
+    """Indices of the unflagged points (all of them when ``flags`` is None, or when every point is flagged and
+    ``allow_flagged``); :class:`NoTrustworthyPointError` when every point is flagged otherwise."""
+    if flags is None:
+        return list(range(n))
+    if isinstance(flags, (str, bytes)) or not isinstance(flags, Sequence) or len(flags) != n:
+        raise ValueError(f"flags must be a sequence with one entry per point ({n}); got {flags!r}")
+    trusted = [i for i in range(n) if not flags[i]]
+    if trusted or allow_flagged:
+        return trusted or list(range(n))
+    listed = "; ".join(f"{ids[i]}: {flags[i]}" for i in range(n))
+    raise NoTrustworthyPointError(
+        f"no trial's robustness numbers can be trusted, so none is chosen ({listed}); fix what the flags name "
+        "(see docs/attacks.md: masking diagnostics, near chance, adaptive attacks) and run more trials, or choose "
+        "among the flagged trials anyway with allow_flagged (`qshield select --allow-flagged`)"
+    )
+
+
+def _flag_label(flag: str) -> str:
+    """The short form of a flag: each ``; ``-separated part up to its first ``:`` or `` (``."""
+    return " + ".join(part.split(":")[0].split(" (")[0].strip() for part in str(flag).split("; "))
+
+
+def _trust_note(best: int, flags: Sequence[str | None] | None, ids: Sequence[Any], trusted: list[int]) -> str:
+    """What the reason adds about flagged trials: the ones set aside, or that the champion itself is flagged."""
+    if flags is None:
+        return ""
+    if flags[best]:
+        return (f"; FLAGGED: every trial is flagged and it was chosen among them anyway, so its robustness numbers "
+                f"are not trustworthy ({flags[best]})")
+    aside = [i for i in range(len(flags)) if i not in trusted]
+    if not aside:
+        return ""
+    return "; flagged, so not considered: " + ", ".join(f"{ids[i]} ({_flag_label(flags[i])})" for i in aside)
 
 
 def _infeasible_message(points: Sequence[Point], constraints: Mapping[str, float]) -> str:
     parts = []
     for kind, metric, bound in _constraints(constraints):
-        values = [float(p[metric]) for p in points]
-        best = max(values) if kind == "min" else min(values)
-        parts.append(f"{kind}_{metric}={bound:g} (best seen {best:g})")
+        values = [v for p in points if (v := _value(p, metric)) is not None]
+        best = (max(values) if kind == "min" else min(values)) if values else None
+        parts.append(f"{kind}_{metric}={bound:g} (" + (f"best seen {best:g}" if best is not None else
+                                                       "no trial has a value") + ")")
     return f"no trial satisfies the constraints: {', '.join(parts)}; relax them or run more trials"

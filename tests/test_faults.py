@@ -46,7 +46,15 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient
 
 from orchestrator.tracking import SelectionError, select_champion
-from orchestrator.runtime import MIN_FREE_BYTES, SweepResult, SweepSetupError, TrialRecord, run_sweep, summarise
+from orchestrator.runtime import (
+    MIN_FREE_BYTES,
+    SweepResult,
+    SweepSetupError,
+    TrialRecord,
+    format_summary,
+    run_sweep,
+    summarise,
+)
 from orchestrator.tracking import PARENT, TRIAL, SweepTracker, TrackingError
 from qshield.data import DatasetFormatError, DatasetNotFoundError
 from qshield.training import NonFiniteLossError
@@ -305,10 +313,11 @@ def test_a_trial_finished_with_an_undefined_objective_is_kept_but_not_ranked(env
     model_dir = _model_dir(env["tmp"] / "model")
     for tid, (acc, asr, cost) in values.items():
         metrics = {"final": True, "accuracy": acc, "asr": asr, "adversary_cost": cost, "epoch": 1}
-        result.trials.append(TrialRecord(tid, "finished", {"lr": 0.01}, metrics))
+        result.trials.append(TrialRecord(tid, "finished", {"lr": 0.01}, metrics | {"trustworthy": True}))
         run = tracker.trial_run_id(tid, params={"lr": 0.01})
         tracker.log_metrics(run, metrics, step=1)
-        tracker.set_tags(run, {"qshield.final": "true", "qshield.model_id": tracker.log_model(run, model_dir)})
+        tracker.set_tags(run, {"qshield.final": "true", "qshield.trustworthy": "true",  # as the callback tags it
+                               "qshield.model_id": tracker.log_model(run, model_dir)})
         tracker.finish(run, "FINISHED")
 
     summarise(result, tracker)
@@ -342,6 +351,71 @@ def test_a_trial_finished_with_an_undefined_objective_is_kept_but_not_ranked(env
     lone.finish(run, "FINISHED")
     with pytest.raises(SelectionError, match="no finished trial has a value for every objective"):
         select_champion("undefined-only", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False)
+
+
+def _flagged_sweep(env: dict[str, Any], name: str, trials: dict[str, tuple[float, float, float, str | None]],
+                   constraints: dict[str, float]) -> tuple[SweepTracker, SweepResult]:
+    """A finished sweep of hand-made trial runs ``{id: (accuracy, robust_accuracy, asr, flag or None)}``, tagged as
+    the sweep's callback tags them, and its summary."""
+    directions = {"accuracy": "max", "robust_accuracy": "max"}
+    tracker = SweepTracker(name, EXPERIMENT, env["uri"])
+    parent = tracker.parent_run_id()
+    tracker.set_tags(parent, {"qshield.objectives": json.dumps(directions),
+                              "qshield.constraints": json.dumps(constraints)})
+    result = SweepResult(name, str(env["storage"]), env["uri"], parent, directions, constraints=constraints)
+    model_dir = _model_dir(env["tmp"] / f"model-{name}")
+    for tid, (acc, robust, asr, flag) in trials.items():
+        metrics = {"final": True, "accuracy": acc, "robust_accuracy": robust, "asr": asr, "epoch": 1}
+        result.trials.append(TrialRecord(tid, "finished", {"lr": 0.01},
+                                         metrics | {"trustworthy": flag is None, "flag": flag or "ok"}))
+        run = tracker.trial_run_id(tid, params={"lr": 0.01})
+        tracker.log_metrics(run, metrics, step=1)
+        tracker.set_tags(run, {"qshield.final": "true", "qshield.trustworthy": str(flag is None).lower(),
+                               "qshield.flag": flag or "ok", "qshield.model_id": tracker.log_model(run, model_dir)})
+        tracker.finish(run, "FINISHED")
+    summarise(result, tracker)
+    return tracker, result
+
+
+def test_a_flagged_trial_is_never_champion_or_challenger_and_constraints_may_name_any_metric(
+    env: dict[str, Any],
+) -> None:
+    """Gradient masking inflates robust accuracy, so ``robust_floor`` would pick exactly the masked trial: the
+    summary and ``select`` set flagged trials aside (and say so), the challenger comes from the same unflagged,
+    feasible trials, and a constraint on ``asr`` (not an objective) is applied, not an error. Worked by hand:
+
+    trial   accuracy  robust  asr   flag      remark
+    t_ok    0.95      0.40    0.30  -         feasible; most robust of the unflagged feasible -> champion
+    t_mask  0.96      0.90    0.05  MASKING   the best numbers, flagged -> never chosen
+    t_asr   0.94      0.45    0.60  -         violates max_asr 0.5
+    t_low   0.95      0.35    0.40  -         feasible -> the only other trial of the pool: challenger
+    """
+    trials = {"t_ok": (0.95, 0.40, 0.30, None), "t_mask": (0.96, 0.90, 0.05, "MASKING: input_gradients"),
+              "t_asr": (0.94, 0.45, 0.60, None), "t_low": (0.95, 0.35, 0.40, None)}
+    tracker, result = _flagged_sweep(env, "trust", trials, {"max_asr": 0.5})
+    assert result.finished()[result.champion].trial_id == "t_ok"
+    assert "t_mask (MASKING)" in result.champion_reason
+    sel = select_champion("trust", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False)
+    assert sel.trial_id == "t_ok" and sel.reason == result.champion_reason
+    client = MlflowClient(env["uri"])
+    champion = client.get_model_version(sel.model_name, sel.version)
+    assert champion.tags["qshield.trustworthy"] == "true" and champion.tags["objective.asr"] == "0.3"
+    challenger = client.get_model_version_by_alias(sel.model_name, "challenger")
+    assert challenger.tags["qshield.trial_id"] == "t_low"
+
+    # every trial flagged: the summary names no champion and select refuses, unless allowed
+    flagged = {"f_a": (0.9, 0.6, 0.2, "NEAR CHANCE (accuracy 0.110, chance 0.100)"),
+               "f_b": (0.9, 0.7, 0.1, "unchecked")}
+    tracker, result = _flagged_sweep(env, "all-flagged", flagged, {})
+    assert result.champion is None and "No champion: no trial's robustness numbers" in format_summary(result)
+    with pytest.raises(SelectionError, match=r"f_a: NEAR CHANCE .*; f_b: unchecked.*--allow-flagged"):
+        select_champion("all-flagged", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False)
+    assert not client.search_registered_models("name = 'qshield-all-flagged'")  # nothing registered
+    allowed = select_champion("all-flagged", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False,
+                              allow_flagged=True)
+    assert allowed.trial_id == "f_b" and "FLAGGED" in allowed.reason
+    version = client.get_model_version(allowed.model_name, allowed.version)
+    assert version.tags["qshield.trustworthy"] == "false" and version.tags["qshield.flag"] == "unchecked"
 
 
 @pytest.mark.parametrize(

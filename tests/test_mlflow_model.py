@@ -221,7 +221,7 @@ def test_select_that_loses_the_race_to_tag_and_alias_the_new_version_retries_and
     parent = tracker.parent_run_id()
     run_id = tracker.trial_run_id("t0")
     model_id = tracker.log_model(run_id, registered["tmp"] / "model")
-    tracker.set_tags(run_id, {"qshield.final": "true", "qshield.model_id": model_id})
+    tracker.set_tags(run_id, {"qshield.final": "true", "qshield.trustworthy": "true", "qshield.model_id": model_id})
     tracker.log_metrics(run_id, {"accuracy": 0.9, "robust_accuracy": 0.5})
     tracker.finish(run_id)
     tracker.finish(parent)

@@ -218,3 +218,20 @@ def test_an_unreachable_attack_runs_only_when_opted_in_and_is_labelled(digits):
     assert report.results[0].reaches_eps is False
     text = render_markdown(report)
     assert "pgd †" in text and "cannot reach its ε" in text
+
+
+def test_a_report_whose_attacks_all_fall_short_of_eps_is_not_trustworthy(digits):
+    """An attack held short of its ε may find fewer adversarial images than the threat model allows: a worst case
+    built only from such attacks is flagged; beside an attack that reaches ε it is only noted (†)."""
+    model, x, y = digits
+    fast = MaskingConfig(n_examples=8, steps=5, square_queries=20, eps=0.3)
+    weak = AttackConfig("pgd", 0.3, {"alpha": 0.01, "steps": 5, "allow_unreachable": True})
+    alone = evaluate(model, x, y, [weak], progress=False, masking=fast)
+    assert alone.unreachable == ("pgd",) and not alone.reaches_eps
+    assert not alone.trustworthy and "NO ATTACK REACHES ε: pgd" in alone.flag
+    assert not alone.row_trustworthy(alone.results[0])
+    both = evaluate(model, x, y, [AttackConfig("fgsm", 0.3), weak], progress=False, masking=fast)
+    assert both.unreachable == ("pgd",) and both.reaches_eps
+    assert both.flag.endswith("(† pgd cannot reach ε)") and "NO ATTACK REACHES" not in both.flag
+    # otherwise judged as before: diagnostics passed and not near chance
+    assert both.trustworthy == (both.diagnostics.passed and not both.near_chance)

@@ -11,12 +11,14 @@ import pytest
 from orchestrator.scoring import (
     Direction,
     NoFeasiblePointError,
+    NoTrustworthyPointError,
     Rule,
     apply_constraints,
     choose,
     knee_point,
     pareto_front,
     select,
+    selection_metrics,
     weighted_score,
 )
 
@@ -262,7 +264,10 @@ def test_select_result_is_feasible_and_constrained_best_is_optimal():
             lambda: apply_constraints(TWO_D, {"at_least_accuracy": 0.5}),
             r"'at_least_accuracy' must be named min_<metric> or max_<metric>",
         ),
-        (lambda: apply_constraints(TWO_D, {"min_latency": 0.5}), r"points\[0\] has no value for objective 'latency'"),
+        (
+            lambda: apply_constraints(TWO_D, {"min_latency": 0.5}),
+            r"constraint min_latency: no point has a value for 'latency'",
+        ),
         (lambda: apply_constraints(TWO_D, {"min_accuracy": "high"}), r"min_accuracy='high' must be a finite number"),
         (
             lambda: select(TWO_D, "best", DIRS_2D),
@@ -359,3 +364,78 @@ def test_knee_with_no_separating_objective_falls_back_to_objective_order():
             "robust_accuracy_ci_low": 0.4, "robust_accuracy_ci_high": 0.6}]
     choice = choose(pts, "knee", DIRS_ROBUST)
     assert choice.index == 1 and "no objective separates" in choice.reason
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flagged trials (masking, near chance, not adaptive, ...): never chosen while an unflagged one exists
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_flagged_trial_is_never_chosen_and_the_rest_choose_as_if_it_were_absent(seed):
+    """Independent check: choosing with flags equals choosing among the unflagged points alone, for every rule."""
+    rng = random.Random(seed)
+    dirs = {"accuracy": "max", "robust_accuracy": "max", "asr": "min"}
+    n = rng.randint(2, 8)
+    points = [{"accuracy": round(rng.uniform(0.8, 1.0), 2), "robust_accuracy": round(rng.uniform(0, 1), 1),
+               "asr": round(rng.uniform(0, 1), 1)} for _ in range(n)]
+    flags = [rng.choice([None, None, "MASKING: input_gradients", "NEAR CHANCE (accuracy 0.1, chance 0.1)"])
+             for _ in range(n)]
+    if all(flags):
+        flags[0] = None
+    ids = [f"t{i}" for i in range(n)]
+    kept = [i for i in range(n) if not flags[i]]
+    for rule, extra in (("robust_floor", {}), ("knee", {}), ("constrained_best", {}),
+                        ("weighted", {"weights": {"accuracy": 1, "robust_accuracy": 2, "asr": 1}})):
+        choice = choose(points, rule, dirs, ids=ids, flags=flags, **extra)
+        alone = select([points[i] for i in kept], rule, dirs, ids=[ids[i] for i in kept], **extra)
+        assert choice.index == kept[alone], (rule, points, flags)
+        aside = [ids[i] for i in range(n) if flags[i]]
+        assert ("flagged, so not considered" in choice.reason) == bool(aside)
+        assert all(f"{t} (" in choice.reason for t in aside)
+
+
+def test_every_trial_flagged_refuses_unless_allowed():
+    flags = ["MASKING: asr_at_large_eps", "NEAR CHANCE (accuracy 0.110, chance 0.100)", "unchecked", "unchecked"]
+    ids = ["t0", "t1", "t2", "t3"]
+    with pytest.raises(NoTrustworthyPointError, match=r"t0: MASKING: asr_at_large_eps; t1: NEAR CHANCE") as info:
+        choose(ROBUST, "robust_floor", DIRS_ROBUST, ids=ids, flags=flags)
+    assert isinstance(info.value, ValueError) and "--allow-flagged" in str(info.value)
+    allowed = choose(ROBUST, "robust_floor", DIRS_ROBUST, ids=ids, flags=flags, allow_flagged=True)
+    assert allowed.index == select(ROBUST, "robust_floor", DIRS_ROBUST, ids=ids)
+    assert "FLAGGED" in allowed.reason and flags[allowed.index] in allowed.reason
+    # allow_flagged changes nothing while an unflagged trial exists
+    some = [None, *flags[1:]]
+    assert choose(ROBUST, "robust_floor", DIRS_ROBUST, ids=ids, flags=some, allow_flagged=True).index == 0
+
+
+def test_flags_and_constraints_together_and_bad_flags():
+    flags = [None, "MASKING: input_gradients", None, None]
+    # t1 is flagged; max_accuracy 0.96 leaves t1 and t3 of the rest -> t3 only
+    choice = choose(ROBUST, "robust_floor", DIRS_ROBUST, ids=["t0", "t1", "t2", "t3"], flags=flags,
+                    constraints={"max_accuracy": 0.96})
+    assert choice.index == 3 and "2 unflagged and feasible" in choice.reason and "t1 (MASKING)" in choice.reason
+    # the infeasible message reports the best seen among the unflagged trials
+    with pytest.raises(NoFeasiblePointError, match=r"min_robust_accuracy=0\.7 \(best seen 0\.6\)"):
+        choose(ROBUST, "robust_floor", DIRS_ROBUST, flags=[None, None, "unchecked", None],
+               constraints={"min_robust_accuracy": 0.7})
+    with pytest.raises(ValueError, match="flags must be a sequence with one entry per point"):
+        choose(ROBUST, "robust_floor", DIRS_ROBUST, flags=[None])
+
+
+def test_a_constraint_on_a_missing_or_nan_value_is_not_satisfied():
+    points = [{"accuracy": 0.9, "asr": 0.2}, {"accuracy": 0.95, "asr": math.nan}, {"accuracy": 0.97}]
+    assert apply_constraints(points, {"max_asr": 0.5}) == [0]
+    assert apply_constraints(points, {"min_accuracy": 0.9}) == [0, 1, 2]
+
+
+def test_a_robustness_tie_names_what_decided_it():
+    tied = [{"accuracy": 0.95, "robust_accuracy": 0.5}, {"accuracy": 0.96, "robust_accuracy": 0.5}]
+    assert "won on accuracy" in choose(tied, "robust_floor", DIRS_ROBUST, ids=["a", "b"]).reason
+    same = [{"accuracy": 0.95, "robust_accuracy": 0.5}, {"accuracy": 0.95, "robust_accuracy": 0.5}]
+    choice = choose(same, "robust_floor", DIRS_ROBUST, ids=["b", "a"])
+    assert choice.index == 1 and "won on trial id" in choice.reason
+
+
+def test_selection_metrics_lists_objectives_context_and_constrained_metrics_once():
+    assert selection_metrics({"accuracy": "max", "asr": "min"}, {"max_asr": 0.5, "min_adversary_cost": 0.01}) == [
+        "accuracy", "asr", "robust_accuracy", "adversary_cost"]

@@ -183,6 +183,7 @@ BAD = [
     ("objectives", {"latency": "min"}, "objectives.latency", r"'accuracy', 'asr', 'robust_accuracy', 'adversary_cost'"),
     ("constraints.min_accuracy", 1.2, "constraints.min_accuracy", r"less than or equal to 1"),
     ("constraints", {"min_asr": 0.5, "max_asr": 0.2}, "constraints.max_asr", r"min_asr=0\.5 > max_asr=0\.2"),
+    ("constraints.min_adversary_cost", 1.5, "constraints.min_adversary_cost", r"less than or equal to 1"),
     ("search.algorithm", "cmaes", "search.algorithm", r"'tpe', 'nsga2'"),
     ("search", {"population_size": 8}, "search.population_size", r"nsga2"),
     ("resources.gpus", -1, "resources.gpus", r"greater than or equal to 0"),
@@ -204,6 +205,13 @@ def test_bad_input_names_key_path_value_and_allowed(key, value, path, allowed):
     assert re.search(allowed, message), message
     shown = [p for p in info.value.problems if p.path == path]
     assert shown, message
+
+
+def test_a_bound_on_adversary_cost_needs_its_measurement():
+    no_min_eps = _with("attacks.min_eps", None)
+    with pytest.raises(SpaceError, match=r"attacks\.min_eps: constraint max_adversary_cost needs attacks\.min_eps"):
+        parse_space(_with("constraints", {"max_adversary_cost": 0.5}, no_min_eps), source="bad.yaml")
+    assert parse_space(_with("constraints", {"max_adversary_cost": 0.5})).constraints.max_adversary_cost == 0.5
 
 
 def test_bad_value_is_quoted_in_the_message():

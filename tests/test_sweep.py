@@ -41,9 +41,9 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
 
-from orchestrator.tracking import CHAMPION, select_champion
+from orchestrator.tracking import CHAMPION, SelectionError, select_champion
 from orchestrator.space import SweepSpace, parse_space
-from orchestrator.runtime import SweepResult, run_sweep
+from orchestrator.runtime import SweepResult, format_summary, run_sweep
 from orchestrator.runtime._callbacks import without_lists
 from orchestrator.runtime._sweep import SNAPSHOT_WARNING, _snapshot_warning_off
 from ray.util.debug import reset_log_once
@@ -445,7 +445,8 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
     table = json.loads((local_parent / "trials.json").read_text())
     table_rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert {r["trial_id"]: r["run_id"] for r in table_rows} == {r.data.tags[TRIAL]: r.info.run_id for r in trials}
-    assert "Champion: trial" in (local_parent / "summary.md").read_text()
+    assert ("Champion: trial" if result.champion is not None else "No champion:") in (
+        local_parent / "summary.md").read_text()
     # the Optuna study is persisted next to the tracking database and Optuna's own API opens it
     import optuna
 
@@ -478,20 +479,30 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
     done = result.finished()
     points = [{k: float(t.metrics[k]) for k in space.directions()} for t in done]
     assert set(result.front) == hand_front(points, space.directions())
-    assert result.knee in result.front and result.champion is not None
+    assert result.knee in result.front
 
-    # --- registry, default rule (robust_floor): the most robust trial within 0.02 of the best clean accuracy,
-    # worked out here from the runs' metrics; ties by the objectives in order, then the trial id
-    sel = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"])
-    best_acc = max(r.data.metrics["accuracy"] for r in trials)
-    eligible = [r for r in trials if r.data.metrics["accuracy"] >= best_acc - 0.02 - 1e-12]
+    # --- registry, default rule (robust_floor): the most robust trial within 0.02 of the best clean accuracy among
+    # the unflagged trials (masking, near chance... are never chosen unasked; among all of them only with
+    # allow_flagged when every trial is flagged), worked out here from the runs' metrics and tags; ties by the
+    # objectives in order, then the trial id
+    unflagged = [r for r in trials if r.data.tags["qshield.trustworthy"] == "true"]
+    allow = not unflagged
+    if allow:
+        with pytest.raises(SelectionError, match="no trial's robustness numbers can be trusted"):
+            select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"])
+        assert result.champion is None and "No champion: no trial's robustness" in format_summary(result)
+    pool = unflagged or trials
+    sel = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], allow_flagged=allow)
+    best_acc = max(r.data.metrics["accuracy"] for r in pool)
+    eligible = [r for r in pool if r.data.metrics["accuracy"] >= best_acc - 0.02 - 1e-12]
     sign = {k: (1 if d == "max" else -1) for k, d in space.directions().items()}
     expected = min(eligible, key=lambda r: (-r.data.metrics["robust_accuracy"],
                                             tuple(-sign[k] * r.data.metrics[k] for k in space.directions()),
                                             r.data.tags[TRIAL]))
     assert sel.run_id == expected.info.run_id and sel.rule == "robust_floor"
-    assert result.finished()[result.champion].trial_id == expected.data.tags[TRIAL]  # the summary agrees
-    assert "highest worst-case robust accuracy" in sel.reason
+    if not allow:
+        assert result.finished()[result.champion].trial_id == expected.data.tags[TRIAL]  # the summary agrees
+    assert "highest worst-case robust accuracy" in sel.reason and ("FLAGGED" in sel.reason) == allow
     champion_run = client.get_run(sel.run_id)
     assert champion_run.data.tags[SWEEP] == "local"
     logged = {k: champion_run.data.metrics[k] for k in space.directions()}
@@ -500,17 +511,23 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
     assert version.run_id == sel.run_id and version.source == f"models:/{champion_run.data.tags['qshield.model_id']}"
     assert version.tags["qshield.verification"] == "passed"
     assert version.tags["qshield.rule"] == "robust_floor" and version.tags["qshield.reason"] == sel.reason
+    assert version.tags["qshield.trustworthy"] == champion_run.data.tags["qshield.trustworthy"]
+    assert version.tags["qshield.trustworthy"] == str(not allow).lower()
     for key, value in logged.items():
         assert float(version.tags[f"objective.{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-9)
     assert client.get_model_version_by_alias(sel.model_name, CHAMPION).version == sel.version
-    challenger = client.get_model_version_by_alias(sel.model_name, "challenger")
-    assert challenger.run_id != sel.run_id
-    others_on_front = {done[i].trial_id for i in result.front} - {sel.trial_id}
-    if others_on_front:  # the trade-off beside the champion: the most robust other front member
+    # the challenger comes from the trials the champion was chosen among: the front of the others in the pool
+    others = [r for r in pool if r.info.run_id != sel.run_id]
+    front = [others[i] for i in hand_front([{k: r.data.metrics[k] for k in space.directions()} for r in others],
+                                           space.directions())] if others else []
+    if others:
+        challenger = client.get_model_version_by_alias(sel.model_name, "challenger")
+        assert challenger.run_id in {r.info.run_id for r in others}
         assert challenger.tags["qshield.rule"] == "challenger: most robust other Pareto-front trial"
-        assert challenger.tags["qshield.trial_id"] in others_on_front
-    else:
-        assert challenger.tags["qshield.rule"] == "challenger: runner-up by robust_floor"
+        assert challenger.tags["qshield.trial_id"] in {r.data.tags[TRIAL] for r in front}
+    else:  # one unflagged trial: no challenger
+        with pytest.raises(mlflow.exceptions.MlflowException, match="alias challenger not found"):
+            client.get_model_version_by_alias(sel.model_name, "challenger")
     assert set(sel.verified) == {"accuracy", "asr", "robust_accuracy", "adversary_cost"}
     for key, (was, now) in sel.verified.items():
         assert now == pytest.approx(was, abs=1e-6) and was == pytest.approx(champion_run.data.metrics[key])
@@ -532,11 +549,12 @@ def test_local_sweep_tracks_every_trial_and_registers_a_verified_champion(env: d
 
     # --- selecting again is idempotent: no new version for a run already registered
     before = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
-    again = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False)
+    again = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False, allow_flagged=allow)
     after = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
     assert again.version == sel.version and set(after) == set(before)
     # another rule may pick another run: then (and only then) a version is added, the first kept intact
-    knee = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="knee", verify=False)
+    knee = select_champion("local", experiment=EXPERIMENT, tracking_uri=env["uri"], rule="knee", verify=False,
+                           allow_flagged=allow)
     after = {v.version: v for v in client.search_model_versions(f"name='{sel.model_name}'")}
     assert len(after) == len({v.run_id for v in after.values()})  # one version per run, never two
     assert (knee.version in before) == (knee.run_id in {v.run_id for v in before.values()})
@@ -629,7 +647,7 @@ def test_ray_job_submit_runs_the_entrypoint_on_a_started_cluster(env: dict[str, 
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
              "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
              "python", "-m", "orchestrator.run", "--space", str(space_file), "--storage-path", str(env["storage"]),
-             "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--select", "knee"],
+             "--tracking-uri", env["uri"], "--experiment", EXPERIMENT, "--select", "knee", "--allow-flagged"],
             env=ray_env, check=False, capture_output=True, text=True, timeout=120,
         )
         assert submit.returncode == 0, submit.stdout + submit.stderr
@@ -669,6 +687,9 @@ def test_ray_job_submit_runs_the_entrypoint_on_a_started_cluster(env: dict[str, 
     assert all(r.info.status == "FINISHED" and r.data.tags[PARENT] == parents[0].info.run_id for r in trials)
     version = MlflowClient(env["uri"]).get_model_version_by_alias("qshield-job", CHAMPION)
     assert version.tags["qshield.verification"] == "passed"
+    # --allow-flagged: the version says whether its trial's numbers can be trusted, as the trial run does
+    champion_run = MlflowClient(env["uri"]).get_run(version.run_id)
+    assert version.tags["qshield.trustworthy"] == champion_run.data.tags["qshield.trustworthy"]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     try:
         sel = select_and_card(args.sweep, card=not args.no_card, model_name=args.model_name, rule=args.rule,
                               weights=args.weights, primary=args.primary, accuracy_floor=args.accuracy_floor,
-                              experiment=args.experiment, tracking_uri=args.tracking_uri, verify=not args.no_verify)
+                              experiment=args.experiment, tracking_uri=args.tracking_uri, verify=not args.no_verify,
+                              allow_flagged=args.allow_flagged)
     except (SelectionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-verify", action="store_true", help="skip reloading and re-evaluating the champion")
     p.add_argument("--no-card", action="store_true", help="do not make the champion's robustness card")
+    p.add_argument("--allow-flagged", action="store_true",
+                   help="when every trial is flagged (masking, near chance, not adaptive, no attack reaching its ε, "
+                        "unchecked), choose among them anyway; the version is tagged qshield.trustworthy=false "
+                        "(flagged trials are never chosen while an unflagged one exists)")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("card", help="a registered model's robustness card (HTML + PNGs), logged to its run")

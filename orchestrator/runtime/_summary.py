@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..scoring import NoFeasiblePointError, choose, knee_point, pareto_front
+from ..scoring import NoFeasiblePointError, NoTrustworthyPointError, choose, knee_point, pareto_front, selection_metrics
 from ..space import Arch
 from ..tracking import TRIAL, SweepTracker
 
@@ -47,7 +47,7 @@ class SweepResult:
     selection: dict[str, Any] = field(default_factory=lambda: {"rule": "robust_floor", "accuracy_floor": 0.02})
     constraints: dict[str, float] = field(default_factory=dict)
     champion: int | None = None  # index into finished(): what `select` with the space's rule registers
-    champion_reason: str = ""
+    champion_reason: str = ""  # why it won; why there is none when `select` would refuse (champion None)
     quantum_gain: dict[str, Any] | None = None
 
     def finished(self) -> list[TrialRecord]:
@@ -194,27 +194,23 @@ def quantum_gain(result: SweepResult, ranked: list[int]) -> dict[str, Any]:
     return out
 
 
-def _pick(result: SweepResult, candidates: list[int]) -> tuple[int, str]:
-    """The trial the sweep's selection rule picks among ``candidates`` (indices into finished()), and why."""
+def _pick(result: SweepResult, candidates: list[int]) -> tuple[int | None, str]:
+    """The trial the sweep's selection rule picks among ``candidates`` (indices into finished()) and why, as
+    ``select`` would (flagged trials set aside, constraints applied); ``(None, why not)`` when ``select`` would
+    refuse: every trial flagged, or none feasible."""
     done = result.finished()
-    keys = [*result.directions, "accuracy", "robust_accuracy"]
-    points = []
-    for i in candidates:
-        point = {k: float(done[i].metrics[k]) for k in keys if _finite(done[i].metrics.get(k))}
-        for k in keys:
-            for suffix in ("_ci_low", "_ci_high"):
-                if _finite(done[i].metrics.get(k + suffix)):
-                    point[k + suffix] = float(done[i].metrics[k + suffix])
-        points.append(point)
-    rule = result.selection.get("rule", "robust_floor")
-    floor = float(result.selection.get("accuracy_floor", 0.02))
+    keys = selection_metrics(result.directions, result.constraints)
+    points = [{k: _metric(done[i], k) for k in keys} | {  # NaN: no value (fails a constraint on it)
+        k + s: float(done[i].metrics[k + s]) for k in keys for s in ("_ci_low", "_ci_high")
+        if _finite(done[i].metrics.get(k + s))} for i in candidates]
+    flags = [None if done[i].metrics.get("trustworthy") else str(done[i].metrics.get("flag") or "unchecked")
+             for i in candidates]
     try:
-        j, reason = choose(points, rule, result.directions, constraints=result.constraints,
-                           ids=[done[i].trial_id for i in candidates], accuracy_floor=floor)
-    except NoFeasiblePointError as exc:  # constraints exclude every trial: fall back to no constraints
-        j, reason = choose(points, rule, result.directions, ids=[done[i].trial_id for i in candidates],
-                           accuracy_floor=floor)
-        reason += f" (note: {exc})"
+        j, reason = choose(points, result.selection.get("rule", "robust_floor"), result.directions,
+                           constraints=result.constraints, ids=[done[i].trial_id for i in candidates],
+                           accuracy_floor=float(result.selection.get("accuracy_floor", 0.02)), flags=flags)
+    except (NoFeasiblePointError, NoTrustworthyPointError) as exc:
+        return None, str(exc)
     return candidates[j], reason
 
 
@@ -350,7 +346,7 @@ def format_summary(result: SweepResult, markdown: bool = False) -> str:
         rows.append([mark, t.trial_id[-13:], str(c.get("arch", "")), str(c.get("method", "")), circuit,
                      _pm(t, "accuracy"), _pm(t, "robust_accuracy"), str(m.get("strongest_attack") or "-"),
                      "n/a" if math.isnan(cost) else f"{cost * 255:.1f}/255",
-                     "ok" if m.get("trustworthy") else str(m.get("flag") or "MASKING?")])
+                     str(m.get("flag") or ("ok" if m.get("trustworthy") else "unchecked"))])
     failed = [f"FAILED {t.trial_id}: {t.error}" for t in result.trials if t.status == "error"]
     legend = ("★ champion (rule " + str(result.selection.get("rule")) + ")   • Pareto front ("
               + ", ".join(f"{k} {'↑' if d == 'max' else '↓'}" for k, d in result.directions.items()) + ")   "
@@ -369,6 +365,8 @@ def format_summary(result: SweepResult, markdown: bool = False) -> str:
     if result.champion is not None:
         lines.append(("" if not markdown else "\n") + f"Champion: trial {done[result.champion].trial_id} — "
                      f"{result.champion_reason}.")
+    elif result.champion_reason:
+        lines.append(("" if not markdown else "\n") + f"No champion: {result.champion_reason}.")
     if result.quantum_gain is not None:
         lines.append(f"Quantum gain: {result.quantum_gain['message']}.")
     return "\n".join(lines)

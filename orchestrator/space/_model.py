@@ -377,8 +377,9 @@ _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 class Constraints(_Strict):
     """Feasibility bounds on trial metrics, used when selecting a champion (``orchestrator.scoring``).
 
-    ``min_<metric>``: the metric must be >= the bound; ``max_<metric>``: <= the bound. Fractions in [0, 1] for
-    accuracy/asr/robust_accuracy; queries per example for adversary_cost.
+    ``min_<metric>``: the metric must be >= the bound; ``max_<metric>``: <= the bound. Every metric is in [0, 1]
+    (``adversary_cost`` is an ε on the [0, 1] pixel scale). A trial without a value for a constrained metric
+    does not satisfy it.
     """
 
     min_accuracy: _Fraction | None = None
@@ -387,8 +388,8 @@ class Constraints(_Strict):
     max_asr: _Fraction | None = None
     min_robust_accuracy: _Fraction | None = None
     max_robust_accuracy: _Fraction | None = None
-    min_adversary_cost: Annotated[float, Field(ge=0.0)] | None = None
-    max_adversary_cost: Annotated[float, Field(ge=0.0)] | None = None
+    min_adversary_cost: _Fraction | None = None
+    max_adversary_cost: _Fraction | None = None
 
     @model_validator(mode="after")
     def _not_inverted(self) -> Constraints:
@@ -552,8 +553,11 @@ class SweepSpace(_Strict):
             fail("rule 'weighted' needs weights: choose it with `qshield select --rule weighted --weights ...`; "
                  f"allowed here: {', '.join(repr(r.value) for r in Rule if r is not Rule.WEIGHTED)}",
                  self.selection.rule.value, ("selection", "rule"))
-        if Objective.ADVERSARY_COST in self.objectives and self.attacks.min_eps is None:
-            fail("objective adversary_cost needs attacks.min_eps (the smallest-flipping-ε measurement); "
+        cost_bounds = [k for k in self.constraints.as_dict() if k.endswith(Objective.ADVERSARY_COST.value)]
+        if (Objective.ADVERSARY_COST in self.objectives or cost_bounds) and self.attacks.min_eps is None:
+            used = "objective adversary_cost" if Objective.ADVERSARY_COST in self.objectives else \
+                f"constraint {cost_bounds[0]}"
+            fail(f"{used} needs attacks.min_eps (the smallest-flipping-ε measurement); "
                  "allowed: a mapping ({} for its defaults)", None, ("attacks", "min_eps"))
         return self
 

@@ -33,14 +33,20 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from ._model import MODEL_FILES, load_checked_pyfunc, use_tracking_uri
-from ..scoring import DEFAULT_ACCURACY_FLOOR, NoFeasiblePointError, choose, pareto_front
+from ..scoring import (
+    DEFAULT_ACCURACY_FLOOR,
+    NoFeasiblePointError,
+    NoTrustworthyPointError,
+    apply_constraints,
+    choose,
+    pareto_front,
+    selection_metrics,
+)
 from ._tracker import TRIAL, SweepTracker, quote
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: metrics compared after reloading the champion (all deterministic on CPU for a fixed seed)
 VERIFY_KEYS = ("accuracy", "robust_accuracy", "asr", "adversary_cost")
-#: metrics every ranked point carries besides the objectives (robust_floor reads them), with their intervals
-_CONTEXT_KEYS = ("accuracy", "robust_accuracy")
 
 
 class SelectionError(RuntimeError):
@@ -84,15 +90,21 @@ def _sweep_settings(tracker: SweepTracker) -> tuple[str, dict[str, str], dict[st
     return parent_id, directions, constraints, selection
 
 
-def _point(run: Any, directions: dict[str, str]) -> dict[str, float]:
-    """The objectives of a trial run, plus accuracy / robust accuracy and every available 95% interval."""
+def _point(run: Any, directions: dict[str, str], constraints: dict[str, float]) -> dict[str, float]:
+    """What choosing reads of a trial run (:func:`orchestrator.scoring.selection_metrics`: the objectives, accuracy,
+    robust accuracy and the constrained metrics), with every available 95% interval."""
     metrics = run.data.metrics
-    point = {k: float(metrics[k]) for k in directions}
-    for key in (*directions, *_CONTEXT_KEYS):
-        for suffix in ("", "_ci_low", "_ci_high"):
-            if key + suffix in metrics:
-                point[key + suffix] = float(metrics[key + suffix])
-    return point
+    keys = selection_metrics(directions, constraints)
+    return {k: float(metrics.get(k, math.nan)) for k in keys} | {  # NaN: not logged (fails a constraint on it)
+        k + s: float(metrics[k + s]) for k in keys for s in ("_ci_low", "_ci_high") if k + s in metrics}
+
+
+def _flag(run: Any) -> str | None:
+    """None when the trial's robustness numbers can be trusted (tag ``qshield.trustworthy``), else its flag."""
+    tags = run.data.tags
+    if tags.get("qshield.trustworthy") == "true":
+        return None
+    return tags.get("qshield.flag") or "unchecked (the run has no qshield.trustworthy tag)"
 
 
 def select_champion(
@@ -107,8 +119,14 @@ def select_champion(
     tracking_uri: str | None = None,
     verify: bool = True,
     tolerance: float = 1e-6,
+    allow_flagged: bool = False,
 ) -> Selection:
     """Pick, register, verify and alias the champion of ``sweep`` (see the module docstring).
+
+    A flagged trial (tag ``qshield.trustworthy`` not ``true``: masking, near chance, an attack without EOT/BPDA, no
+    attack reaching its ε, diagnostics not run) is never chosen while any trial is unflagged; when every trial is
+    flagged, :class:`SelectionError` unless ``allow_flagged`` (then the version is tagged
+    ``qshield.trustworthy=false`` and the reason says its numbers are not trustworthy).
 
     ``rule`` and ``accuracy_floor`` default to the sweep space's ``selection`` (recorded on its parent run),
     else ``robust_floor`` with a floor of :data:`~orchestrator.scoring.DEFAULT_ACCURACY_FLOOR`. The champion's
@@ -129,9 +147,11 @@ def select_champion(
     if not runs:
         raise SelectionError(f"sweep {sweep!r}: no finished trial has a value for every objective "
                              f"({', '.join(directions)}); nothing can be ranked")
-    points = [_point(r, directions) for r in runs]
+    points = [_point(r, directions, constraints) for r in runs]
     ids = [r.data.tags.get(TRIAL, r.info.run_id) for r in runs]
-    options = {"weights": weights, "primary": primary, "accuracy_floor": accuracy_floor}
+    flags = [_flag(r) for r in runs]
+    options = {"weights": weights, "primary": primary, "accuracy_floor": accuracy_floor, "flags": flags,
+               "allow_flagged": allow_flagged}
     try:
         best, reason = choose(points, rule, directions, constraints=constraints, ids=ids, **options)
     except NoFeasiblePointError as exc:
@@ -169,15 +189,18 @@ def _challenger(
 ) -> tuple[int, str, str] | None:
     """The challenger: ``(index, its rule tag, why)``, or None when no other trial qualifies.
 
-    For ``robust_floor`` it is the most robust *other* trial of the Pareto front (the trade-off a reviewer wants
-    beside the champion: often more robust and a little less accurate than the floor allows); for the other
-    rules, the runner-up by the same rule.
+    For ``robust_floor`` it is the most robust *other* trial of the Pareto front of the trials the champion was
+    chosen among (unflagged and feasible: the trade-off a reviewer wants beside the champion, often more robust
+    and a little less accurate than the floor allows); for the other rules, the runner-up by the same rule. A
+    flagged trial is a challenger only beside a flagged champion (``allow_flagged``).
     """
+    flags = options.get("flags") or [None] * len(points)
     others = [i for i in range(len(points)) if i != best]
     if not others:
         return None
     if rule == "robust_floor":
-        front = [i for i in pareto_front(points, directions) if i != best]
+        pool = [i for i in apply_constraints(points, constraints) if i != best and (flags[best] or not flags[i])]
+        front = [pool[j] for j in pareto_front([points[i] for i in pool], directions)] if pool else []
         if front:
             sign = {k: (1.0 if d == "max" else -1.0) for k, d in directions.items()}
             j = min(front, key=lambda i: (-points[i]["robust_accuracy"],
@@ -186,10 +209,11 @@ def _challenger(
             why = (f"the most robust other trial on the Pareto front: worst-case robust accuracy "
                    f"{_interval(p, 'robust_accuracy')}, clean accuracy {_interval(p, 'accuracy')}")
             return j, "challenger: most robust other Pareto-front trial", why
+    rest = {**options, "flags": [flags[i] for i in others], "allow_flagged": bool(flags[best])}
     try:
         j, why = choose([points[i] for i in others], rule, directions, constraints=constraints,
-                        ids=[ids[i] for i in others], **options)
-    except NoFeasiblePointError:
+                        ids=[ids[i] for i in others], **rest)
+    except (NoFeasiblePointError, NoTrustworthyPointError):
         return None
     return others[j], f"challenger: runner-up by {rule}", f"runner-up by {rule}: {why}"
 
@@ -207,7 +231,7 @@ def _record_on_parent(tracker: SweepTracker, parent_id: str, sel: Selection, run
         "qshield.champion_model": f"models:/{sel.model_name}/{sel.version}",
         "qshield.champion_reason": sel.reason,
     })
-    keys = [k for k in run.data.metrics if k.split("_ci_")[0] in (*_CONTEXT_KEYS, "asr", "adversary_cost")]
+    keys = [k for k in run.data.metrics if k.split("_ci_")[0] in VERIFY_KEYS]
     tracker.log_metrics(parent_id, {f"champion_{k}": run.data.metrics[k] for k in keys})
 
 
@@ -271,8 +295,10 @@ def _register(tracker: SweepTracker, name: str, run: Any, point: dict[str, float
         version = existing[0]
     else:
         model_id = _model_id(run)
-        tags = {f"objective.{k}": f"{v:.6g}" for k, v in point.items()}
-        tags.update({"qshield.sweep": sweep, "qshield.trial_id": run.data.tags.get(TRIAL, "")})
+        tags = {f"objective.{k}": f"{v:.6g}" for k, v in point.items() if math.isfinite(v)}
+        tags.update({"qshield.sweep": sweep, "qshield.trial_id": run.data.tags.get(TRIAL, ""),
+                     "qshield.trustworthy": str(_flag(run) is None).lower(),
+                     "qshield.flag": run.data.tags.get("qshield.flag", "")})
         created = tracker._call(f"register run {run_id} as a version of {name!r}", lambda: client.create_model_version(
             name, source=f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id))
         versions = _versions_of(tracker, name, run_id)

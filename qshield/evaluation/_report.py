@@ -210,9 +210,10 @@ def render_markdown(table: pd.DataFrame | EvaluationReport | Sequence[Evaluation
     if flagged:
         text += (
             f"\n\n{_FLAG} Not trustworthy: the model failed (or did not run) the gradient-masking diagnostics, its "
-            "clean accuracy is near chance, or the row was attacked without the adaptive treatment the model needs "
-            "(EOT for a randomised model, BPDA/transfer for a declared non-differentiable part); its ASR may "
-            "understate what an adaptive attacker achieves, and its robust accuracy may overstate robustness."
+            "clean accuracy is near chance, no attack could reach its ε, or the row was attacked without the adaptive "
+            "treatment the model needs (EOT for a randomised model, BPDA/transfer for a declared non-differentiable "
+            "part); its ASR may understate what an adaptive attacker achieves, and its robust accuracy may "
+            "overstate robustness."
         )
     if weak:
         text += (

@@ -295,8 +295,9 @@ class EvaluationReport:
         return tuple(flags)
 
     def row_trustworthy(self, result: AttackResult) -> bool:
-        """The report is trustworthy as a whole and ``result`` has no :meth:`row_flags`."""
-        return self._checked_and_sane and not self.row_flags(result)
+        """The report's checks passed (diagnostics, not near chance, some attack reaching its ε) and ``result`` has
+        no :meth:`row_flags`."""
+        return self._checked_and_sane and self.reaches_eps and not self.row_flags(result)
 
     @property
     def n_correct(self) -> int:
@@ -324,14 +325,26 @@ class EvaluationReport:
         return self.odr_ci[0] <= self.chance + CHANCE_MARGIN
 
     @property
+    def unreachable(self) -> tuple[str, ...]:
+        """The attacks whose step size × steps cannot reach their ε (run with ``allow_unreachable``; tables mark
+        their rows with †)."""
+        return tuple(r.attack for r in self.results if not r.reaches_eps)
+
+    @property
+    def reaches_eps(self) -> bool:
+        """Some attack of the report can reach its ε (True for a report without attacks). Otherwise the worst case
+        holds only what attacks held short of ε found, which understates the threat model."""
+        return not self.results or len(self.unreachable) < len(self.results)
+
+    @property
     def _checked_and_sane(self) -> bool:
         return self.diagnostics is not None and self.diagnostics.passed and not self.near_chance
 
     @property
     def trustworthy(self) -> bool:
-        """True only when the diagnostics ran, every check passed, the model is not near chance, and no row is
-        flagged by :meth:`row_flags`."""
-        return self._checked_and_sane and not any(self.row_flags(r) for r in self.results)
+        """True only when the diagnostics ran, every check passed, the model is not near chance, no row is flagged
+        by :meth:`row_flags`, and some attack can reach its ε (:attr:`reaches_eps`)."""
+        return self._checked_and_sane and not any(self.row_flags(r) for r in self.results) and self.reaches_eps
 
     def row_flag(self, result: AttackResult) -> str:
         """The :attr:`flag` of the report for one row, with that row's own :meth:`row_flags`."""
@@ -340,9 +353,14 @@ class EvaluationReport:
     @property
     def flag(self) -> str:
         """``"ok"`` (``"ok (adaptive; hides ...)"`` for a model declaring hidden parts), ``"unchecked"`` (diagnostics
-        not run), ``"NEAR CHANCE"``, ``"MASKING: <checks>"`` and/or ``"NOT ADAPTIVE: <attack> (<why>)"``."""
+        not run), ``"NEAR CHANCE"``, ``"MASKING: <checks>"``, ``"NOT ADAPTIVE: <attack> (<why>)"`` and/or ``"NO
+        ATTACK REACHES ε: <attacks>"``; when only some attacks cannot reach their ε, ``" († <attacks> cannot reach
+        ε)"`` follows (the worst case still holds what the others found)."""
         unadapted = [f"{r.attack} ({', '.join(f)})" for r in self.results if (f := self.row_flags(r))]
-        return self._flag(("NOT ADAPTIVE: " + ", ".join(unadapted),) if unadapted else (), prefixed=True)
+        flag = self._flag(("NOT ADAPTIVE: " + ", ".join(unadapted),) if unadapted else (), prefixed=True)
+        if self.unreachable and self.reaches_eps:
+            flag += f" († {', '.join(self.unreachable)} cannot reach ε)"
+        return flag
 
     def _flag(self, row: tuple[str, ...], prefixed: bool = False) -> str:
         parts = []
@@ -354,6 +372,8 @@ class EvaluationReport:
             parts.append("MASKING: " + ", ".join(self.diagnostics.failed))
         if row:
             parts.append(row[0] if prefixed else "NOT ADAPTIVE: " + ", ".join(row))
+        if not self.reaches_eps:
+            parts.append("NO ATTACK REACHES ε: " + ", ".join(self.unreachable))
         if parts:
             return "; ".join(parts)
         return f"ok (adaptive; hides {self.hidden.label})" if self.hidden.any else "ok"
