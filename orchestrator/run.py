@@ -15,11 +15,64 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .scoring import Rule
 
 #: selection rules a user can name (``weighted`` needs ``qshield select --weights``)
 RULES = [r.value for r in Rule if r is not Rule.WEIGHTED]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser without prefix matching: a mistyped ``--num-sample 3`` is an error, not silently
+    ``--num-samples 3``. Sub-command parsers are of the parent's class, so they inherit it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _mlflow_checked(validator: str) -> Any:
+    """argparse type: the text, checked by MLflow's own name rule ``mlflow.utils.validation.<validator>`` (so a bad
+    name is refused before a sweep runs, not by the registry after it)."""
+
+    def check(text: str) -> str:
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils import validation
+
+        try:
+            getattr(validation, validator)(text)
+        except MlflowException as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        return text
+
+    return check
+
+
+#: argparse types of MLflow experiment and registered model names
+experiment_name = _mlflow_checked("_validate_experiment_name")
+model_name = _mlflow_checked("_validate_model_name")
+
+
+def int_at_least(minimum: int) -> Any:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}; allowed values: an integer >= {minimum}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed values: an integer >= {minimum}")
+        return value
+
+    parse.__name__ = f"integer>={minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,21 +83,24 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-path", metavar="PATH_OR_URI",
                         help="where Tune keeps results and checkpoints (default: the space's storage_path, else ~/ray_results)")
     parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    parser.add_argument("--experiment", default="qshield", help="MLflow experiment name (default: qshield)")
-    parser.add_argument("--num-samples", type=int, metavar="N", help="override the space's trial count")
-    parser.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of a local Ray (ignored when attaching to a cluster)")
+    parser.add_argument("--experiment", type=experiment_name, default="qshield",
+                        help="MLflow experiment name (default: qshield)")
+    parser.add_argument("--num-samples", type=positive_int, metavar="N", help="override the space's trial count")
+    parser.add_argument("--num-cpus", type=positive_int, metavar="N",
+                        help="CPUs of a local Ray (ignored when attaching to a cluster)")
     parser.add_argument("--select", nargs="?", const="space", choices=["space", *RULES],
                         help="after the sweep, register its champion (with the space's selection rule, or the one "
                              "named here)")
-    parser.add_argument("--model-name", help="registered model name for --select (default: qshield-<sweep>)")
+    parser.add_argument("--model-name", type=model_name,
+                        help="registered model name for --select (default: qshield-<sweep>)")
     parser.add_argument("--allow-flagged", action="store_true",
                         help="for --select: when every trial is flagged (masking, near chance, ...), register the best "
                              "of them anyway, tagged qshield.trustworthy=false (see `qshield select --allow-flagged`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.run", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m orchestrator.run", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sweep_arguments(parser)
     return parser
 
@@ -53,6 +109,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from .lease import LeaseLostError, SweepLeaseError
     from .runtime import SweepSetupError, format_summary, run_sweep
     from .space import SpaceError, load_space, replace_space
+    from .tracking import TrackingURIError
 
     try:
         space = load_space(args.space)
@@ -64,7 +121,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = run_sweep(space, name=args.name, storage_path=args.storage_path, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, num_cpus=args.num_cpus)
-    except (SweepSetupError, SweepLeaseError) as exc:  # issue 15: refused (2) or the sweep's lease lost (1)
+    except (SweepSetupError, SweepLeaseError, TrackingURIError) as exc:  # refused (2) or the lease lost (1)
         print(f"error: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, LeaseLostError) else 2
     print(format_summary(result))

@@ -55,6 +55,7 @@ from orchestrator.runtime import (
     run_sweep,
     summarise,
 )
+from orchestrator.runtime._sweep import check_same_space
 from orchestrator.tracking import PARENT, TRIAL, SweepTracker, TrackingError
 from qshield.data import DatasetFormatError, DatasetNotFoundError
 from qshield.training import NonFiniteLossError
@@ -351,6 +352,37 @@ def test_a_trial_finished_with_an_undefined_objective_is_kept_but_not_ranked(env
     lone.finish(run, "FINISHED")
     with pytest.raises(SelectionError, match="no finished trial has a value for every objective"):
         select_champion("undefined-only", experiment=EXPERIMENT, tracking_uri=env["uri"], verify=False)
+
+
+def test_resuming_with_an_edited_space_is_refused_before_ray_and_changes_nothing(env: dict[str, Any]) -> None:
+    """Tune restores a sweep's recorded search whatever the file says now: an edited space (here more epochs and
+    a constraint) would change part of what the remaining trials do and rewrite the objectives ``select``
+    reads. It is refused, naming the fields, before Ray starts; the parent run keeps its status and tags. The same
+    space (a new description only) is accepted."""
+    import ray
+
+    started = build(fault_space("edited", parameters={"epochs": 1}))
+    tracker = SweepTracker("edited", EXPERIMENT, env["uri"])
+    parent = tracker.parent_run_id(params={"space": started.to_dict()})
+    tracker.set_tags(parent, {"qshield.objectives": json.dumps(started.directions())})
+    tracker.finish(parent, "FINISHED")
+    before = MlflowClient(env["uri"]).get_run(parent)
+    edited = build(fault_space("edited", parameters={"epochs": 3}, constraints={"max_asr": 0.5}))
+    ray.shutdown()
+    with pytest.raises(SweepSetupError) as refused:
+        run_sweep(edited, storage_path=str(env["storage"]), tracking_uri=env["uri"], experiment=EXPERIMENT,
+                  num_cpus=1, verbose=0)
+    message = str(refused.value)
+    assert message.startswith("sweep 'edited' exists and was started with another search space (")
+    assert "parameters/epochs: was 1, now 3" in message and "constraints/max_asr: was None, now 0.5" in message
+    assert "--name" in message
+    assert not ray.is_initialized() and not (env["storage"] / "edited").exists()
+    after = MlflowClient(env["uri"]).get_run(parent)
+    assert (after.info.status, after.data.tags, after.data.params) == (
+        before.info.status, before.data.tags, before.data.params)
+    # only the description changed: not refused (checked directly: a resumed run would start Ray)
+    same = build(fault_space("edited", parameters={"epochs": 1}, description="the same sweep, described anew"))
+    check_same_space(before, same, "edited")
 
 
 def _flagged_sweep(env: dict[str, Any], name: str, trials: dict[str, tuple[float, float, float, str | None]],

@@ -304,8 +304,11 @@ def test_missing_file(tmp_path):
     with pytest.raises(SpaceError, match=re.escape(str(tmp_path / "nope.yaml")) + r": no such file.*'mnist5k-demo'"):
         load_space(tmp_path / "nope.yaml")
     (tmp_path / "dir.yaml").mkdir()  # exists but cannot be read as a file
-    with pytest.raises(SpaceError, match="no such file"):
+    with pytest.raises(SpaceError, match=r"dir\.yaml: is a folder; allowed values: a path to a \.yaml file"):
         load_space(tmp_path / "dir.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpaceError, match=r"latin1\.yaml: not UTF-8 text \(byte 9\)"):
+        load_space(tmp_path / "latin1.yaml")
 
 
 def test_overrides_are_validated_like_the_file(tmp_path):

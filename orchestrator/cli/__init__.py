@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..run import add_sweep_arguments, run_from_args
+from ..run import ArgumentParser, add_sweep_arguments, experiment_name, model_name, positive_int, run_from_args
 from ..scoring import Rule
 from ._library import add_library_commands
 from ._rerun import add_rerun_command
@@ -30,8 +30,10 @@ def _weights(text: str) -> dict[str, float]:
 def cmd_select(args: argparse.Namespace) -> int:
     from ..run import describe_selection
     from ..tracking import SelectionError
+    from ..tracking import existing_store
     from ..views import select_and_card
 
+    existing_store(args.tracking_uri)  # a bad store is bad input (exit 2, from main), not a failed selection
     try:
         sel = select_and_card(args.sweep, card=not args.no_card, model_name=args.model_name, rule=args.rule,
                               weights=args.weights, primary=args.primary, accuracy_floor=args.accuracy_floor,
@@ -47,8 +49,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_card(args: argparse.Namespace) -> int:
     from ..tracking import SelectionError
+    from ..tracking import existing_store
     from ..views import make_card
 
+    existing_store(args.tracking_uri)  # a bad store is bad input (exit 2, from main), not a failed card
     try:
         result = make_card(args.model, args.tracking_uri, out=args.out, log=not args.no_log, n_images=args.images,
                            seed=args.seed)
@@ -75,6 +79,10 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).absolute()
+    if workdir.exists() and not workdir.is_dir():
+        print(f"error: --workdir {args.workdir} is a file; allowed values: a folder (new or one a demo made)",
+              file=sys.stderr)
+        return 2
     workdir.mkdir(parents=True, exist_ok=True)
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_TRACKING_URI", tracking)
@@ -84,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sweep_args = argparse.Namespace(
         space=DEMO_SPACE, name=None, storage_path=str(workdir / "ray_results"), tracking_uri=tracking,
         experiment="qshield-demo", num_samples=args.num_samples, num_cpus=None, select="space",
-        model_name="qshield-demo",
+        model_name="qshield-demo", allow_flagged=False,
     )
     code = run_from_args(sweep_args)
     if code == 2:  # refused before anything ran (bad input, or the demo already running: issue 15)
@@ -108,8 +116,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qshield", description="Hybrid quantum-classical classifiers: "
-                                     "train, attack, sweep on Ray Tune, register champions in MLflow.")
+    parser = ArgumentParser(prog="qshield", description="Hybrid quantum-classical classifiers: "
+                            "train, attack, sweep on Ray Tune, register champions in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sweep", help="run or resume a multi-objective sweep (Ray Tune + Optuna, MLflow)")
@@ -125,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sweep space's `selection.accuracy_floor`, 0.02 unless set)")
     p.add_argument("--weights", type=_weights, help="for --rule weighted: metric=weight pairs, e.g. accuracy=1,asr=1")
     p.add_argument("--primary", help="for --rule constrained_best: the objective to maximise/minimise first")
-    p.add_argument("--model-name", help="registered model name (default: qshield-<sweep>)")
-    p.add_argument("--experiment", default="qshield", help="MLflow experiment (default: qshield)")
+    p.add_argument("--model-name", type=model_name, help="registered model name (default: qshield-<sweep>)")
+    p.add_argument("--experiment", type=experiment_name, default="qshield", help="MLflow experiment (default: qshield)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-verify", action="store_true", help="skip reloading and re-evaluating the champion")
     p.add_argument("--no-card", action="store_true", help="do not make the champion's robustness card")
@@ -154,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the offline demo: a real small sweep on mnist5k, local Ray, sqlite MLflow")
     p.add_argument("--workdir", default="qshield-demo", help="where results go (default: ./qshield-demo)")
-    p.add_argument("--num-samples", type=int, help="override the demo's trial count")
+    p.add_argument("--num-samples", type=positive_int, help="override the demo's trial count")
     p.set_defaults(func=cmd_demo)
 
     add_library_commands(sub)
@@ -169,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # these commands download a model's few small files many times over (re-verification, card): MLflow's
         # per-download progress bar would print a line each; a user who wants them sets the variable to true
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # this command's own process only
-    return int(args.func(args))
+    from ..tracking import TrackingURIError
+
+    try:
+        return int(args.func(args))
+    except TrackingURIError as exc:  # every command resolves its store first: refused before anything is written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 #: commands whose MLflow downloads are a model's small files (see :func:`main`)

@@ -44,6 +44,8 @@ from qshield.models import Arch, Backbone, FusionMode, ModelConfig
 from qshield.quantum import BACKENDS, Entanglement, Measurement, Noise
 from qshield.training import TrainConfig, TrainMethod
 
+from ..run import int_at_least
+
 __all__ = [
     "add_library_commands",
     "record_path",
@@ -92,21 +94,6 @@ def _positive_eps(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed values: a number or fraction in (0, 1]")
     return value
 
-
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid value {text!r}; allowed values: an integer >= {minimum}"
-            ) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed values: an integer >= {minimum}")
-        return value
-
-    parse.__name__ = f"integer>={minimum}"
-    return parse
 
 
 def _float_in(low: float, high: float, *, low_open: bool = False) -> Any:
@@ -166,7 +153,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default: cpu)"
     )
     parser.add_argument(
-        "--threads", type=_int_at_least(1), default=None,
+        "--threads", type=int_at_least(1), default=None,
         help="torch CPU threads for this process (default: torch's choice; 1 is often fastest on a busy machine)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -203,9 +190,9 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
                       help="test share for datasets without an official split (default: 0.2)")
     data.add_argument("--balance", action="store_true",
                       help="subsample every class to the smallest class count, as the paper does")
-    data.add_argument("--limit-train", type=_int_at_least(1), default=None, help="at most this many training images")
-    data.add_argument("--limit-test", type=_int_at_least(1), default=None, help="at most this many test images")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0,
+    data.add_argument("--limit-train", type=int_at_least(1), default=None, help="at most this many training images")
+    data.add_argument("--limit-test", type=int_at_least(1), default=None, help="at most this many test images")
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="seeds the data split, the model's initial weights and training (default: 0)")
     parser.add_argument("--out", required=True, type=Path,
                         help="model file to write (a training record is written to <out>.json)")
@@ -218,7 +205,7 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
                        help="classical part of a hybrid (default: cnn)")
     model.add_argument("--n-qubits", type=_n_qubits, default=None,
                        help="qubits; 'auto' = max(2, ceil(log2 classes)) (default: auto)")
-    model.add_argument("--depth", type=_int_at_least(1), default=1, help="circuit layers (default: 1)")
+    model.add_argument("--depth", type=int_at_least(1), default=1, help="circuit layers (default: 1)")
     model.add_argument("--entanglement", choices=_values(Entanglement), default=Entanglement.LINEAR.value,
                        help="CNOT pattern of each layer (default: linear)")
     model.add_argument("--noise", choices=_values(Noise), default=Noise.NONE.value,
@@ -239,22 +226,22 @@ def _train_parser(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--pretrained-path", default=None, help="local ResNet-18 state-dict file (never downloaded)")
 
     tr = parser.add_argument_group("training (see qshield.training.TrainConfig)")
-    tr.add_argument("--epochs", type=_int_at_least(1), default=10, help="epochs (default: 10, as the paper)")
+    tr.add_argument("--epochs", type=int_at_least(1), default=10, help="epochs (default: 10, as the paper)")
     tr.add_argument("--lr", type=_float_in(0.0, math.inf, low_open=True), default=1e-3,
                     help="Adam learning rate (default: 1e-3)")
     tr.add_argument("--weight-decay", type=_float_in(0.0, math.inf), default=1e-4,
                     help="Adam weight decay (default: 1e-4)")
-    tr.add_argument("--batch-size", type=_int_at_least(1), default=128, help="batch size (default: 128)")
+    tr.add_argument("--batch-size", type=int_at_least(1), default=128, help="batch size (default: 128)")
     tr.add_argument("--method", choices=_values(TrainMethod), default=TrainMethod.STANDARD.value,
                     help="standard, PGD adversarial training or Quantum Patches (default: standard)")
-    tr.add_argument("--limit-batches", type=_int_at_least(1), default=None,
+    tr.add_argument("--limit-batches", type=int_at_least(1), default=None,
                     help="stop each epoch after this many batches")
     tr.add_argument("--no-shuffle", action="store_true", help="keep the training order fixed")
-    tr.add_argument("--num-workers", type=_int_at_least(0), default=0, help="DataLoader workers (default: 0)")
+    tr.add_argument("--num-workers", type=int_at_least(0), default=0, help="DataLoader workers (default: 0)")
     tr.add_argument("--pgd-eps", type=parse_eps, default=None,
                     help="pgd_at: Linf radius, e.g. 32/255 (required with --method pgd_at)")
     tr.add_argument("--pgd-alpha", type=parse_eps, default=2 / 255, help="pgd_at: step size (default: 2/255)")
-    tr.add_argument("--pgd-steps", type=_int_at_least(1), default=10, help="pgd_at: steps (default: 10)")
+    tr.add_argument("--pgd-steps", type=int_at_least(1), default=10, help="pgd_at: steps (default: 10)")
     tr.add_argument("--no-pgd-random-start", action="store_true", help="pgd_at: start PGD at the clean image")
     tr.add_argument("--patches-mix-ratio", type=_float_in(0.0, 1.0), default=0.5,
                     help="quantum_patches: share of each batch replaced by augmented copies (default: 0.5)")
@@ -278,29 +265,29 @@ def _evaluate_parser(parser: argparse.ArgumentParser) -> None:
         help="Linf budget for the attacks that have one, e.g. 32/255 (default: the dataset's: "
         + ", ".join(f"{k} {round(v * 255)}/255" for k, v in DEFAULT_EPS.items()) + ")",
     )
-    parser.add_argument("--n-examples", type=_int_at_least(1), default=500,
+    parser.add_argument("--n-examples", type=int_at_least(1), default=500,
                         help="test images evaluated, stratified by class; only correctly classified ones are "
                         "attacked (default: 500)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=128,
+    parser.add_argument("--batch-size", type=int_at_least(1), default=128,
                         help="images per attack call (default: 128)")
     parser.add_argument("--set", dest="attack_params", type=_attack_param, action="append", default=[],
                         metavar="ATTACK.PARAM=VALUE", help="override an attack parameter, e.g. square.n_queries=100")
-    parser.add_argument("--attack-seed", type=_int_at_least(0), default=0, help="seed of the attacks (default: 0)")
+    parser.add_argument("--attack-seed", type=int_at_least(0), default=0, help="seed of the attacks (default: 0)")
     parser.add_argument(
         "--adaptive", choices=[m.value for m in Adaptive], default=Adaptive.AUTO.value,
         help="attack mode: auto (BPDA / EOT / transfer for models that declare hidden parts, e.g. reference_hybrid; "
         "plain models are attacked directly), off (the naive attacker, as the paper), bpda, transfer (default: auto)",
     )
     data = _add_data(parser, required=False)
-    data.add_argument("--seed", type=_int_at_least(0), default=None,
+    data.add_argument("--seed", type=int_at_least(0), default=None,
                       help="data-split seed (default: the models' training seed; another seed would let the test "
                       "split overlap the training data of datasets split by seed)")
     masking = parser.add_argument_group("gradient-masking diagnostics (always run)")
-    masking.add_argument("--masking-examples", type=_int_at_least(1), default=_MASKING_EXAMPLES,
+    masking.add_argument("--masking-examples", type=int_at_least(1), default=_MASKING_EXAMPLES,
                          help=f"correctly classified images checked (default: {_MASKING_EXAMPLES})")
-    masking.add_argument("--masking-steps", type=_int_at_least(1), default=_MASKING_STEPS,
+    masking.add_argument("--masking-steps", type=int_at_least(1), default=_MASKING_STEPS,
                          help=f"PGD steps at every ε of the sweep (default: {_MASKING_STEPS})")
-    masking.add_argument("--masking-queries", type=_int_at_least(1), default=_MASKING_QUERIES,
+    masking.add_argument("--masking-queries", type=int_at_least(1), default=_MASKING_QUERIES,
                          help=f"Square queries of the white-box vs black-box check (default: {_MASKING_QUERIES})")
     masking.add_argument("--plot-eps", nargs="+", type=_positive_eps, default=[parse_eps(e) for e in _PLOT_EPS],
                          metavar="EPS", help="increasing ε values of the PGD sweep (the plot); the last one is the "
@@ -549,6 +536,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     params: dict[str, dict[str, Any]] = {}
     for attack, key, value in args.attack_params:
         params.setdefault(attack, {})[key] = value
+    unused = [name for name in params if name not in args.attacks]
+    if unused:  # as a search space refuses settings for an attack it does not run
+        parser.error(f"argument --set: settings given for an attack that is not evaluated: {', '.join(unused)}; "
+                     f"allowed values: the attacks of --attacks ({', '.join(args.attacks)})")
     try:
         attacks = [AttackConfig(name, eps if ATTACKS[name].uses_eps else None, params.get(name, {})).resolve(dataset)
                    for name in args.attacks]

@@ -15,11 +15,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..lease import SweepLease
 from ..space import SweepSpace
-from ..tracking import SweepTracker, TrackingError, resolve_tracking_uri
+from ..tracking import SweepTracker, TrackingError, param_strings, resolve_tracking_uri
 from ._callbacks import error_text, tensorboard_logger
 from ._summary import SweepResult, TrialRecord, summarise
 from ._tune import make_tune_config, to_tune_param_space
@@ -84,6 +84,38 @@ def _load_data(space: SweepSpace) -> DatasetBundle:
         raise SweepSetupError(f"dataset {space.dataset.value!r} cannot be read: {exc}") from exc
 
 
+def check_local_capacity(space: SweepSpace, num_cpus: int | None) -> None:
+    """Refuse (:class:`SweepSetupError`), before anything is written or started, a sweep whose trials a local Ray
+    could never place: they would wait forever (Ray's "no available node types can fulfill") with the lease taken
+    and the parent run ``RUNNING``. Only for a local Ray: a cluster (``$RAY_ADDRESS``, or one already attached)
+    may grow by autoscaling, so it is not judged here."""
+    import ray
+
+    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
+        raise SweepSetupError(f"num_cpus={num_cpus!r} is not allowed; allowed values: a whole number >= 1, or None "
+                              "(every CPU of this machine)")
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = num_cpus or os.cpu_count() or 1
+    if space.resources.cpus > cpus:
+        where = f"--num-cpus {num_cpus}" if num_cpus else "this machine's CPU count"
+        raise SweepSetupError(
+            f"resources.cpus={space.resources.cpus:g} per trial exceeds the {cpus} CPUs of the local Ray ({where}), "
+            f"so no trial could ever start; allowed values: at most {cpus}, or attach to a larger cluster with "
+            "RAY_ADDRESS"
+        )
+    if space.resources.gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if space.resources.gpus > gpus:
+            raise SweepSetupError(
+                f"resources.gpus={space.resources.gpus:g} per trial, but this machine has {gpus} CUDA device(s) for "
+                f"a local Ray, so no trial could ever start; allowed values: at most {gpus} here, or attach to a "
+                "GPU cluster with RAY_ADDRESS"
+            )
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Attach to the cluster in ``$RAY_ADDRESS`` when set, else start a local Ray (no dashboard).
 
@@ -99,6 +131,32 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+#: space fields that may change between a sweep's start and its resumption (they change nothing Tune restores)
+_RESUMABLE_CHANGES = ("space/description",)
+
+
+def check_same_space(parent: Any | None, space: SweepSpace, name: str) -> None:
+    """Refuse (:class:`SweepSetupError`) to resume sweep ``name`` with another space than the one it started with
+    (its parent run's ``space/...`` params; ``parent`` None or without them: nothing to compare). Tune restores the
+    recorded search (configurations, trial count, search algorithm) whatever the file says now, so an edited space
+    would change only part of what the remaining trials do, and rewrite the objectives and constraints that
+    ``select`` reads for trials that never ran under them."""
+    recorded = {k: v for k, v in (parent.data.params if parent is not None else {}).items() if k.startswith("space/")}
+    if not recorded:
+        return
+    now = param_strings({"space": space.to_dict()})
+    differ = sorted(k for k in recorded.keys() | now.keys()
+                    if recorded.get(k) != now.get(k) and k not in _RESUMABLE_CHANGES)
+    if differ:
+        shown = "; ".join(f"{k.removeprefix('space/')}: was {recorded.get(k, '(absent)')}, now "
+                          f"{now.get(k, '(absent)')}" for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise SweepSetupError(
+            f"sweep {name!r} exists and was started with another search space ({shown}{more}); resume it with the "
+            f"same space file and options (such as --num-samples), or start a new sweep under another --name"
+        )
 
 
 def run_sweep(
@@ -128,10 +186,12 @@ def run_sweep(
     storage = storage_path or space.resolved_storage_path()
     if "://" not in storage:
         storage = os.path.abspath(os.path.expanduser(storage))
+    tracking_uri = resolve_tracking_uri(tracking_uri)  # a file store is refused here, before anything is written
+    check_local_capacity(space, num_cpus)
     check_storage(storage)
     _check_attack_library()
     # one live driver per sweep name; released on every exit (a SIGKILLed driver's lease expires)
-    with SweepLease.for_sweep(name, storage, tracking_uri=resolve_tracking_uri(tracking_uri)) as lease:
+    with SweepLease.for_sweep(name, storage, tracking_uri=tracking_uri) as lease:
         return _run_leased(space, name, storage, lease, tracking_uri, experiment, num_cpus, verbose)
 
 
@@ -147,7 +207,9 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
 
     bundle = _load_data(space)
     tracker = SweepTracker(name, experiment, tracking_uri)
-    lease.check_parent_run(tracker)  # refuse a RUNNING parent fed from another storage path
+    found = tracker.find_parent_run()  # read only
+    lease.check_parent_run(found)  # refuse a RUNNING parent fed from another storage path
+    check_same_space(found, space, name)  # refuse to resume with an edited space
     parent = tracker.parent_run_id(params={"space": space.to_dict()})
     study_storage = optuna_storage(tracker.tracking_uri)
     tracker.set_tags(

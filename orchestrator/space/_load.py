@@ -77,6 +77,9 @@ def resolve_space_path(path_or_name: str | Path) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise SpaceError(str(path_or_name), [Problem("", "is a folder; allowed values: a path to a .yaml file or the "
+                                                         f"name of a shipped space ({', '.join(shipped_spaces())})")])
     shipped = shipped_spaces()
     name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     if str(path_or_name) in (name, f"{name}.yaml") and name in shipped:
@@ -104,6 +107,9 @@ def load_space(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise SpaceError(source, [Problem("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpaceError(source, [Problem("", f"not UTF-8 text (byte {exc.start}); allowed values: a YAML file in "
+                                              "UTF-8")]) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -183,9 +189,19 @@ def _problem(err: Mapping[str, Any], root: yaml.Node | None) -> Problem:
     return Problem(path, message, value, line)
 
 
+#: what a YAML value of the wrong shape should have been, by pydantic error type
+_SHAPES = {
+    "list_type": "a list (YAML: [a, b], or one `- item` per line)",
+    "tuple_type": "a list (YAML: [a, b], or one `- item` per line)",
+    "dict_type": "a mapping (YAML: {key: value}, or one `key: value` per line)",
+}
+
+
 def _plain_message(err: Mapping[str, Any]) -> str:
     """pydantic's message, with the allowed values spelled as such."""
     msg = str(err["msg"])
+    if err["type"] in _SHAPES:
+        return f"must be {_SHAPES[err['type']]}"
     if err["type"] == "enum" and msg.startswith("Input should be "):
         return "allowed values: " + msg[len("Input should be ") :].replace(" or ", ", ")
     if msg.startswith("Input should be "):

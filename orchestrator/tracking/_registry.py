@@ -42,7 +42,7 @@ from ..scoring import (
     pareto_front,
     selection_metrics,
 )
-from ._tracker import TRIAL, SweepTracker, quote
+from ._tracker import TRIAL, SweepTracker, existing_store, quote
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 #: metrics compared after reloading the champion (all deterministic on CPU for a fixed seed)
@@ -133,7 +133,7 @@ def select_champion(
     robustness card is made by the layer above (:func:`orchestrator.views.select_and_card`, which ``qshield select``,
     ``--select`` and ``qshield demo`` use).
     """
-    tracker = SweepTracker(sweep, experiment, tracking_uri)
+    tracker = SweepTracker(sweep, experiment, existing_store(tracking_uri))  # reading: never creates a store
     if tracker.client.get_experiment_by_name(experiment) is None:
         raise SelectionError(f"experiment {experiment!r} does not exist at {tracker.tracking_uri}")
     runs = _finished_trials(tracker)

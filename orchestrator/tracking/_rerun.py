@@ -137,12 +137,6 @@ def _fmt(value: float | None) -> str:
     return "(not recorded)" if value is None else f"{value:.12g}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI, else None."""
-    prefix = "sqlite:///"
-    return Path(uri[len(prefix):].split("?")[0]) if uri.startswith(prefix) else None
-
-
 def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None) -> RecordedTrial:
     """Download the record of the finished sweep trial ``run_id`` into ``dst``.
 
@@ -156,11 +150,11 @@ def fetch_trial(run_id: str, dst: str | Path, *, tracking_uri: str | None = None
 
     from ..trial import read_trial_record
     from ._model import use_tracking_uri
-    from ._tracker import ROLE, SWEEP, TRIAL, resolve_tracking_uri
+    from ._tracker import ROLE, SWEEP, TRIAL, resolve_tracking_uri, sqlite_database
 
     uri = resolve_tracking_uri(tracking_uri)
     allowed = "the run id of a finished sweep trial (tag qshield.role=trial), as shown in the MLflow UI"
-    db = _sqlite_path(uri)
+    db = sqlite_database(uri)
     if db is not None and not db.is_file():  # MlflowClient would create an empty store there
         raise RerunError(f"--tracking-uri={uri!r}: no MLflow store at {str(db)!r}; allowed values: the tracking URI "
                          f"the sweep logged to (--tracking-uri of `qshield sweep`, or $MLFLOW_TRACKING_URI)")

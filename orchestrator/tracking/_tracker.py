@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -46,14 +47,45 @@ _MAX_PARAM_LEN = 6000
 T = TypeVar("T")
 
 
+class TrackingURIError(ValueError):
+    """A tracking URI that MLflow cannot use as a store (the message names it and what is allowed)."""
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (absolute, in the cwd)."""
-    if uri:
-        return uri
+    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (absolute, in the cwd).
+
+    Raises :class:`TrackingURIError` for a file store (a plain path, or ``file://``): MLflow 3.13 and later refuse
+    it, deep inside the first call, so it is refused here, before anything is written."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    chosen = uri or env or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if urlparse(chosen).scheme in ("", "file"):
+        given = "given" if uri else "from $MLFLOW_TRACKING_URI"
+        raise TrackingURIError(
+            f"tracking URI {chosen!r} ({given}) is a file store, which MLflow no longer accepts; allowed values: "
+            f"sqlite:///<absolute path>/mlflow.db (a local store), http(s)://<host>:<port> (an MLflow server) or a "
+            f"database URI (postgresql://, mysql://, mssql://)"
+        )
+    return chosen
+
+
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///relative`` or ``sqlite:////absolute`` store URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):].split("?")[0]) if uri.startswith(prefix) else None
+
+
+def existing_store(uri: str | None = None) -> str:
+    """:func:`resolve_tracking_uri`, refusing (:class:`TrackingURIError`) a local ``sqlite:///`` store whose database
+    does not exist: a command that only reads (``select``, ``card``, ``app``) would otherwise create an empty store
+    at a mistyped path and report what is missing from it."""
+    chosen = resolve_tracking_uri(uri)
+    database = sqlite_database(chosen)
+    if database is not None and not database.is_file():
+        raise TrackingURIError(
+            f"tracking URI {chosen!r}: no MLflow store at {str(database)!r}; allowed values: the tracking URI the sweep "
+            f"logged to (--tracking-uri of `qshield sweep`, or $MLFLOW_TRACKING_URI)"
+        )
+    return chosen
 
 
 def mlflow_client(tracking_uri: str) -> MlflowClient:
@@ -62,8 +94,7 @@ def mlflow_client(tracking_uri: str) -> MlflowClient:
     row"): two sweeps started together on a fresh ``mlflow.db``. So for such a store the client is created under an
     exclusive lock (``filelock.FileLock``, an ``fcntl`` lock: a sqlite store is local anyway) on
     ``.<database>.qshield-init.lock`` beside the database."""
-    prefix = "sqlite:///"
-    database = Path(tracking_uri[len(prefix):]) if tracking_uri.startswith(prefix) else None
+    database = sqlite_database(tracking_uri)
     if database is None or not database.parent.is_dir():
         return MlflowClient(tracking_uri=tracking_uri)
     from filelock import FileLock
@@ -125,6 +156,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def param_strings(params: Mapping[str, Any]) -> dict[str, str]:
+    """``params`` as MLflow params hold them: flattened (:func:`flatten`), lists and mappings as JSON, the rest as
+    ``str``, cut at MLflow's length limit."""
+    return {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))[:_MAX_PARAM_LEN]
+            for k, v in flatten(params).items()}
 
 
 class TrackingError(RuntimeError):
@@ -327,13 +365,7 @@ class SweepTracker:
         """Log (flattened) params; params already logged are skipped (resume-safe). ``new_run``: the run was
         just created and holds no params (skips reading it back)."""
         existing = {} if new_run else self._call("read run", lambda: self.client.get_run(run_id)).data.params
-        batch = []
-        for k, v in flatten(params).items():
-            value = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
-            value = value[:_MAX_PARAM_LEN]
-            if k in existing:
-                continue
-            batch.append(Param(k, value))
+        batch = [Param(k, value) for k, value in param_strings(params).items() if k not in existing]
         for i in range(0, len(batch), 100):
             chunk = batch[i : i + 100]
             self._call("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))

@@ -60,7 +60,7 @@ from ._probe import (
     resolve_ref,
     test_data,
 )
-from ..tracking import resolve_tracking_uri
+from ..tracking import existing_store, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +501,7 @@ def serve(tracking_uri: str | None = None, host: str = DEFAULT_HOST, port: int =
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise AppConfigError(f"--port {port!r}; allowed values: an integer in 0..65535")
     credentials = credentials_for(host)
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = existing_store(tracking_uri)  # the app reads: a mistyped path must not become an empty store
     app = create_app(uri, credentials=credentials)
     shown = f"[{host}]" if ":" in host else host
     auth = f"basic auth as user {credentials[0]!r}" if credentials else "no authentication (local only)"

@@ -54,7 +54,7 @@ from ._probe import (
     resolve_ref,
     test_data,
 )
-from ..tracking import call_mlflow, resolve_tracking_uri
+from ..tracking import call_mlflow, existing_store, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ def make_card(model_uri: str, tracking_uri: str | None = None, *, out: str | Pat
     tag the version ``qshield.card = runs:/<run>/card/index.html``. ``out``: also keep it in this folder."""
     if not log and out is None:
         raise ValueError("out: missing; a card that is not logged to MLflow (--no-log) needs a folder (--out DIR)")
-    tracking_uri = resolve_tracking_uri(tracking_uri)
+    tracking_uri = existing_store(tracking_uri)  # reading a registered model: never creates a store
     card, arrays = build_card(model_uri, tracking_uri, n_images=n_images, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(out) if out is not None else Path(tmp) / CARD_DIR
