@@ -575,8 +575,8 @@ class SweepLease:
                             f"(Ray: {self._record.get('ray')})",
                 TAG_DRIVER_SINCE: str(self._record.get("started_at")), TAG_LEASE: str(self.directory)}
 
-    def check_parent_run(self, run: Any | None) -> None:
-        """Refuse (:class:`LeaseHeldError`) when the sweep's MLflow parent run ``run`` (``tracker.find_parent_run()``;
+    def check_parent_run(self, tracker: Any, run: Any | None) -> None:
+        """Refuse (:class:`LeaseHeldError`) when the sweep's MLflow parent run ``run`` (``tracker.find_parent_run()``,
         None when there is none) is ``RUNNING`` with its Tune state on another storage path or its lease in another
         directory: the lease of that path is not this one, so two drivers could feed one parent run. Read only; call
         before the parent run is reopened."""

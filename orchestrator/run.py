@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -109,7 +110,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from .lease import LeaseLostError, SweepLeaseError
     from .runtime import SweepSetupError, format_summary, run_sweep
     from .space import SpaceError, load_space, replace_space
-    from .tracking import TrackingURIError
+    from .tracking import TrackingError, TrackingURIError
 
     try:
         space = load_space(args.space)
@@ -121,9 +122,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = run_sweep(space, name=args.name, storage_path=args.storage_path, tracking_uri=args.tracking_uri,
                            experiment=args.experiment, num_cpus=args.num_cpus)
-    except (SweepSetupError, SweepLeaseError, TrackingURIError) as exc:  # refused (2) or the lease lost (1)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, LeaseLostError) else 2
+    except (SweepSetupError, SweepLeaseError, TrackingURIError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)  # refused (2), or the lease or the tracking server lost (1)
+        return 1 if isinstance(exc, (LeaseLostError, TrackingError)) else 2
     print(format_summary(result))
     print(f"MLflow: {result.tracking_uri} (experiment {args.experiment!r}, parent run {result.parent_run_id})")
     if args.select:
@@ -160,8 +161,17 @@ def describe_selection(sel: object) -> str:
     return "\n".join(lines)
 
 
+def mlflow_client_defaults() -> None:
+    """Defaults of this process's MLflow client (a user's own setting wins): MLflow's HTTP layer retries a failed
+    request only twice (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``, its default is 7 with backoff up to minutes), since
+    qshield retries every tracking and registry call itself (:func:`orchestrator.tracking.call_mlflow`): an
+    unreachable server is reported in about a minute rather than after tens of minutes of nested retries."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    mlflow_client_defaults()
     return run_from_args(build_parser().parse_args(argv))
 
 

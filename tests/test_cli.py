@@ -285,3 +285,38 @@ def test_python_dash_m_entry_point() -> None:
                            "--out", "x.pt"], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert "--fusion" in proc.stderr and "'gated'" in proc.stderr
+
+
+def test_an_unreachable_tracking_server_is_one_line_after_the_retries(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tracking server that refuses connections: ``qshield select`` ends with one line naming the server and the
+    attempts (exit 1), no traceback. qshield's own backoff is skipped here and MLflow's HTTP retries are off, so
+    the test takes no time; the defaults are checked below."""
+    import socket
+
+    import orchestrator.tracking._tracker as tracker_module
+    from orchestrator.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(tracker_module.time, "sleep", lambda s: None)
+    assert main(["select", "--sweep", "s", "--tracking-uri", f"http://127.0.0.1:{port}", "--no-card"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: MLflow at http://127.0.0.1:{port} failed to ") and "after 6 attempt(s)" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_mlflow_http_retries_default_to_two_and_a_users_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from orchestrator.run import mlflow_client_defaults
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    mlflow_client_defaults()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    mlflow_client_defaults()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"

@@ -11,7 +11,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..run import ArgumentParser, add_sweep_arguments, experiment_name, model_name, positive_int, run_from_args
+from ..run import (
+    ArgumentParser,
+    add_sweep_arguments,
+    experiment_name,
+    mlflow_client_defaults,
+    model_name,
+    positive_int,
+    run_from_args,
+)
 from ..scoring import Rule
 from ._library import add_library_commands
 from ._rerun import add_rerun_command
@@ -177,13 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # these commands download a model's few small files many times over (re-verification, card): MLflow's
         # per-download progress bar would print a line each; a user who wants them sets the variable to true
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # this command's own process only
-    from ..tracking import TrackingURIError
+    mlflow_client_defaults()
+    from ..tracking import TrackingError, TrackingURIError
 
     try:
         return int(args.func(args))
     except TrackingURIError as exc:  # every command resolves its store first: refused before anything is written
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrackingError as exc:  # the tracking server did not answer, after qshield's retries: one line, not a trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 #: commands whose MLflow downloads are a model's small files (see :func:`main`)

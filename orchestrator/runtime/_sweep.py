@@ -208,7 +208,7 @@ def _run_leased(space: SweepSpace, name: str, storage: str, lease: SweepLease, t
     bundle = _load_data(space)
     tracker = SweepTracker(name, experiment, tracking_uri)
     found = tracker.find_parent_run()  # read only
-    lease.check_parent_run(found)  # refuse a RUNNING parent fed from another storage path
+    lease.check_parent_run(tracker, found)  # refuse a RUNNING parent fed from another storage path
     check_same_space(found, space, name)  # refuse to resume with an edited space
     parent = tracker.parent_run_id(params={"space": space.to_dict()})
     study_storage = optuna_storage(tracker.tracking_uri)

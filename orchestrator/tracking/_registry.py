@@ -134,7 +134,7 @@ def select_champion(
     ``--select`` and ``qshield demo`` use).
     """
     tracker = SweepTracker(sweep, experiment, existing_store(tracking_uri))  # reading: never creates a store
-    if tracker.client.get_experiment_by_name(experiment) is None:
+    if tracker._call("find the experiment", lambda: tracker.client.get_experiment_by_name(experiment)) is None:
         raise SelectionError(f"experiment {experiment!r} does not exist at {tracker.tracking_uri}")
     runs = _finished_trials(tracker)
     parent_id, directions, constraints, recorded = _sweep_settings(tracker)
